@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh Debian 12 machine with only the
+# Rust toolchain: installs what the tests need (ffmpeg for ffprobe, Chromium
+# and playwright-core for browser tests, Flask in a venv), then runs the
+# Rust test suite, rustfmt and clippy. .ci/run runs exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+retry() { # mirrors are sometimes mid-sync
+    local n
+    for n in 1 2 3 4; do
+        "$@" && return 0
+        echo "retry $n/4 failed: $*" >&2
+        sleep $((n * 10))
+    done
+    return 1
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_packages=(ffmpeg chromium python3-venv nodejs npm)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    retry as_root apt-get update
+    retry as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+echo "== Python venv with Flask (scripts/requirements.txt)"
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+retry .venv/bin/pip install -q -r scripts/requirements.txt
+export STREAMING_TEST_PYTHON="$root/.venv/bin/python"
+
+echo "== playwright-core for browser tests"
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    (cd tests/browser && retry npm install --no-audit --no-fund --silent)
+fi
+export STREAMING_TEST_CHROMIUM=/usr/bin/chromium
+
+echo "== rustfmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --all-targets -- -D warnings
+echo "== tests"
+cargo test --all-targets -- --test-threads=2

@@ -1,0 +1,217 @@
+//! Command line: the Go server's flags (`../shared/API.md`), single-dash
+//! forms included, parsed by clap after a small rewrite of `-flag` to
+//! `--flag`.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::abi::{Layout, TimeBits, DEFAULT_SHM_NAME};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Silent,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Silent => log::LevelFilter::Off,
+        }
+    }
+}
+
+/// Serves a camera daemon's H.264 from shared memory to WebRTC viewers and
+/// recordings. Flags take Go style (-http :8081, -http=:8081) or --long form.
+#[derive(Debug, Parser)]
+#[command(name = "streaming-server", version, about)]
+pub struct Args {
+    /// Shared-memory segment to read.
+    #[arg(long, default_value = DEFAULT_SHM_NAME)]
+    pub shm: String,
+    /// Control plane and WebRTC signaling address.
+    #[arg(long, default_value = ":8081")]
+    pub http: String,
+    /// Prometheus /metrics address; empty turns it off.
+    #[arg(long, default_value = ":9090")]
+    pub metrics: String,
+    /// Profiling endpoints address; empty turns it off.
+    #[arg(long, default_value = ":6060")]
+    pub pprof: String,
+    /// Where recordings go (created if missing).
+    #[arg(long = "record-path", default_value = "./recordings")]
+    pub record_path: PathBuf,
+    /// WebRTC viewers at once.
+    #[arg(long = "max-clients", default_value_t = 10)]
+    pub max_clients: usize,
+    /// STUN server URLs, comma separated (none by default: LAN host
+    /// candidates always work).
+    #[arg(long, default_value = "")]
+    pub stun: String,
+    /// debug, info, warn, error or silent; RUST_LOG overrides.
+    #[arg(long = "log-level", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+    /// The camera daemon's time_t width: native, 32 or 64. Only matters on
+    /// 32-bit ARM, where native means 32-bit (Raspberry Pi OS, Debian 12);
+    /// a daemon built with -D_TIME_BITS=64 (Debian 13) needs 64.
+    #[arg(long = "time-bits", default_value = "native", value_parser = TimeBits::parse)]
+    pub time_bits: TimeBits,
+    /// Run a built-in fake camera playing a demo clip (no camera needed).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub demo: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Play an H.264 clip into a shared-memory segment like the camera daemon.
+    FakeCamera(FakeCameraArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FakeCameraArgs {
+    /// Segment to create.
+    #[arg(long, default_value = DEFAULT_SHM_NAME)]
+    pub shm: String,
+    /// Annex-B .h264 file to play (default: the built-in demo clip).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    #[arg(long, default_value_t = 30.0)]
+    pub fps: f64,
+    /// Stop after this many frames (default: loop until stopped).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// First write_index value (e.g. 4294967290 to test wrap-around).
+    #[arg(long = "start-index", default_value_t = 0)]
+    pub start_index: u32,
+    /// Unlink and recreate the segment every N frames, like a daemon restart.
+    #[arg(long = "restart-every")]
+    pub restart_every: Option<u64>,
+    /// Insert a malformed frame after every N good ones.
+    #[arg(long = "malformed-every")]
+    pub malformed_every: Option<u64>,
+    /// Write N frames back to back, then pause as long.
+    #[arg(long, default_value_t = 1)]
+    pub burst: u64,
+    /// Milliseconds to pause between header and data copy.
+    #[arg(long = "slow-copy-ms")]
+    pub slow_copy_ms: Option<u64>,
+    /// Do not post the semaphore.
+    #[arg(long = "no-post")]
+    pub no_post: bool,
+    /// Keep the segment this many milliseconds after the last frame.
+    #[arg(long = "linger-ms", default_value_t = 0)]
+    pub linger_ms: u64,
+    #[arg(long = "time-bits", default_value = "native", value_parser = TimeBits::parse)]
+    pub time_bits: TimeBits,
+}
+
+impl FakeCameraArgs {
+    pub fn options(&self) -> crate::fake_camera::FakeCameraOptions {
+        let mut options = crate::fake_camera::FakeCameraOptions::new(&self.shm, Layout::new(self.time_bits));
+        options.fps = self.fps;
+        options.frames = self.frames;
+        options.start_index = self.start_index;
+        options.restart_every = self.restart_every;
+        options.malformed_every = self.malformed_every;
+        options.burst = self.burst;
+        options.slow_copy = self.slow_copy_ms.map(std::time::Duration::from_millis);
+        options.post = !self.no_post;
+        options.linger = std::time::Duration::from_millis(self.linger_ms);
+        options
+    }
+}
+
+/// Rewrites Go-style `-flag` / `-flag=value` to `--flag...`; leaves `-h`,
+/// `--flag`, `-` and values alone.
+pub fn normalize_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| match arg.to_str() {
+            Some(s) if i > 0 && s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
+                let name = &s[1..];
+                if name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                    OsString::from(format!("--{name}"))
+                } else {
+                    arg
+                }
+            }
+            _ => arg,
+        })
+        .collect()
+}
+
+/// Parses the process's arguments (exits with usage on error, like clap).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Args {
+    Args::parse_from(normalize_go_flags(args))
+}
+
+/// A Go-style listen address: `:8081` (all interfaces), `host:port`, or
+/// empty (listener off).
+pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let full = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
+    full.to_socket_addrs()
+        .map_err(|e| format!("bad listen address {text:?}: {e}"))?
+        .next()
+        .map(Some)
+        .ok_or_else(|| format!("listen address {text:?} resolves to nothing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(normalize_go_flags(list.iter().map(OsString::from))).unwrap()
+    }
+
+    #[test]
+    fn go_style_flags_work_in_both_forms() {
+        let a = args(&["streaming-server", "-http", "127.0.0.1:0", "-max-clients=3", "-metrics=", "-demo"]);
+        assert_eq!(a.http, "127.0.0.1:0");
+        assert_eq!(a.max_clients, 3);
+        assert_eq!(a.metrics, "");
+        assert!(a.demo);
+        let b = args(&["streaming-server", "--shm", "/x", "-log-level", "silent", "-demo=false"]);
+        assert_eq!((b.shm.as_str(), b.log_level, b.demo), ("/x", LogLevel::Silent, false));
+    }
+
+    #[test]
+    fn defaults_match_the_go_server() {
+        let a = args(&["streaming-server"]);
+        assert_eq!(
+            (a.shm.as_str(), a.http.as_str(), a.metrics.as_str(), a.pprof.as_str(), a.max_clients),
+            ("/pet_camera_stream", ":8081", ":9090", ":6060", 10)
+        );
+        assert_eq!(a.record_path, PathBuf::from("./recordings"));
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("").unwrap(), None);
+        assert_eq!(parse_listen(":8081").unwrap(), Some("0.0.0.0:8081".parse().unwrap()));
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap(), Some("127.0.0.1:0".parse().unwrap()));
+        assert!(parse_listen("nonsense").is_err());
+    }
+
+    #[test]
+    fn fake_camera_subcommand_takes_go_style_flags() {
+        let a = args(&["streaming-server", "fake-camera", "-shm", "/t", "-fps=60", "-no-post"]);
+        let Some(Command::FakeCamera(f)) = a.command else { panic!("no subcommand") };
+        assert_eq!((f.shm.as_str(), f.fps, f.no_post), ("/t", 60.0, true));
+    }
+}

@@ -1,0 +1,706 @@
+//! H.264 processor: raw camera frames in, checked access units out.
+//!
+//! Input: one [`RawFrame`] (an Annex-B access unit copied out of shared
+//! memory) at a time, from the media thread. Output: an [`AccessUnit`] that
+//! shares the frame's buffer and knows its NAL units, whether it is an IDR,
+//! and the parameter sets (SPS/PPS) it decodes with.
+//!
+//! The processor is sans-IO: plain structs, bytes in, values out, so it is
+//! unit-tested and fuzzed alone. It keeps one canonical SPS/PPS pair per
+//! stream (compared byte for byte, with a generation bumped on change) and
+//! guarantees that every IDR it hands on carries SPS and PPS: where the
+//! camera sent them only once, [`AccessUnit::prepend_parameter_sets`] is set
+//! and consumers emit the cached pair in front ([`AccessUnit::nal_units`],
+//! [`AccessUnit::annexb_chunks`]), without copying the frame.
+//!
+//! Bad input (no start code, forbidden bit set, an IDR with no parameter
+//! sets known, an SPS that does not parse) is a [`ProcessError`]; the caller
+//! counts it and drops the frame. Nothing here panics on any byte content.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// NAL unit types this program cares about (ITU-T H.264 table 7-1).
+pub mod nal_type {
+    pub const SLICE: u8 = 1;
+    pub const IDR: u8 = 5;
+    pub const SEI: u8 = 6;
+    pub const SPS: u8 = 7;
+    pub const PPS: u8 = 8;
+    pub const AUD: u8 = 9;
+    pub const FILLER: u8 = 12;
+}
+
+/// A frame as it came out of shared memory: bytes plus the daemon's header.
+#[derive(Clone, Debug)]
+pub struct RawFrame {
+    /// The access unit, Annex-B, exactly `data_size` bytes.
+    pub data: Bytes,
+    /// The daemon's `frame_number`.
+    pub frame_number: u64,
+    /// The ring position (`write_index` value) the frame was written at.
+    pub index: u32,
+    /// Capture time on CLOCK_MONOTONIC (the daemon's `timestamp`).
+    pub capture_time: Duration,
+    /// When the reader finished copying it, on CLOCK_MONOTONIC.
+    pub read_time: Duration,
+    pub camera_id: i32,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// Splits an Annex-B byte stream into NAL unit ranges (start codes and the
+/// trailing zero bytes before the next start code excluded). Handles 3- and
+/// 4-byte start codes; bytes before the first start code are ignored. Empty
+/// NAL units are skipped.
+pub fn split_annexb(data: &[u8]) -> Vec<Range<usize>> {
+    let mut nals = Vec::new();
+    let mut start = match find_start_code(data, 0) {
+        Some((_, payload)) => payload,
+        None => return nals,
+    };
+    loop {
+        let (end, next) = match find_start_code(data, start) {
+            Some((code_at, payload)) => (code_at, Some(payload)),
+            None => (data.len(), None),
+        };
+        // trailing_zero_8bits belong to the byte stream, not the NAL unit.
+        let mut trimmed = end;
+        while trimmed > start && data[trimmed - 1] == 0 {
+            trimmed -= 1;
+        }
+        if trimmed > start {
+            nals.push(start..trimmed);
+        }
+        match next {
+            Some(payload) => start = payload,
+            None => return nals,
+        }
+    }
+}
+
+/// Finds the next `00 00 01` at or after `from`: returns where the start code
+/// begins and where its payload begins.
+fn find_start_code(data: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while i + 3 <= data.len() {
+        // Fast skip: a start code needs data[i+2] == 1 and data[i+1] == 0.
+        match data[i + 2] {
+            1 if data[i] == 0 && data[i + 1] == 0 => return Some((i, i + 3)),
+            0 => i += 1,
+            _ => i += 3,
+        }
+    }
+    None
+}
+
+/// True if `data` begins with an Annex-B start code (after optional zeros).
+pub fn starts_with_start_code(data: &[u8]) -> bool {
+    let zeros = data.iter().take_while(|&&b| b == 0).count();
+    zeros >= 2 && data.get(zeros) == Some(&1)
+}
+
+/// The type of a NAL unit from its header byte.
+pub fn nal_unit_type(nal: &[u8]) -> u8 {
+    nal.first().map_or(0, |b| b & 0x1f)
+}
+
+/// What the SPS says about the stream, parsed from its real bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpsInfo {
+    pub profile_idc: u8,
+    /// constraint_set0..5 flags and the two reserved bits, as sent.
+    pub constraint_flags: u8,
+    pub level_idc: u8,
+    /// Picture size after frame cropping.
+    pub width: u32,
+    pub height: u32,
+}
+
+impl SpsInfo {
+    /// The `profile-level-id` value for SDP (RFC 6184): six hex digits.
+    pub fn profile_level_id(&self) -> String {
+        format!("{:02x}{:02x}{:02x}", self.profile_idc, self.constraint_flags, self.level_idc)
+    }
+}
+
+/// Why an SPS could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpsError {
+    NotAnSps,
+    Truncated,
+    OutOfRange(&'static str, u32),
+}
+
+impl fmt::Display for SpsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpsError::NotAnSps => write!(f, "NAL unit is not an SPS"),
+            SpsError::Truncated => write!(f, "SPS ends early"),
+            SpsError::OutOfRange(field, value) => write!(f, "SPS field {field} out of range: {value}"),
+        }
+    }
+}
+
+/// Reads bits from an RBSP (emulation-prevention bytes already removed).
+struct BitReader<'a> {
+    data: &'a [u8],
+    bit: usize,
+}
+
+impl<'a> BitReader<'a> {
+    fn bit(&mut self) -> Result<u32, SpsError> {
+        let byte = *self.data.get(self.bit / 8).ok_or(SpsError::Truncated)?;
+        let value = (byte >> (7 - self.bit % 8)) & 1;
+        self.bit += 1;
+        Ok(u32::from(value))
+    }
+
+    fn bits(&mut self, n: u32) -> Result<u32, SpsError> {
+        let mut value = 0;
+        for _ in 0..n {
+            value = (value << 1) | self.bit()?;
+        }
+        Ok(value)
+    }
+
+    /// ue(v): Exp-Golomb, up to 32 bits of value.
+    fn ue(&mut self) -> Result<u32, SpsError> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return Err(SpsError::OutOfRange("exp-golomb length", zeros));
+            }
+        }
+        let rest = self.bits(zeros)?;
+        Ok(((1u64 << zeros) - 1 + u64::from(rest)) as u32)
+    }
+
+    /// se(v): signed Exp-Golomb; only range-checked, never used for values.
+    fn se(&mut self) -> Result<i64, SpsError> {
+        let k = i64::from(self.ue()?);
+        Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+
+    fn ue_max(&mut self, field: &'static str, max: u32) -> Result<u32, SpsError> {
+        let value = self.ue()?;
+        if value > max {
+            return Err(SpsError::OutOfRange(field, value));
+        }
+        Ok(value)
+    }
+}
+
+/// Removes emulation-prevention bytes (`00 00 03` -> `00 00`).
+pub fn nal_to_rbsp(nal: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in nal {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        out.push(b);
+    }
+    out
+}
+
+/// Parses an SPS NAL unit (header byte included).
+pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
+    if nal_unit_type(nal) != nal_type::SPS {
+        return Err(SpsError::NotAnSps);
+    }
+    let rbsp = nal_to_rbsp(nal.get(1..).unwrap_or_default());
+    let mut r = BitReader { data: &rbsp, bit: 0 };
+    let profile_idc = r.bits(8)? as u8;
+    let constraint_flags = r.bits(8)? as u8;
+    let level_idc = r.bits(8)? as u8;
+    r.ue_max("seq_parameter_set_id", 31)?;
+    let mut chroma_format_idc = 1;
+    let mut separate_colour_plane = false;
+    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+        chroma_format_idc = r.ue_max("chroma_format_idc", 3)?;
+        if chroma_format_idc == 3 {
+            separate_colour_plane = r.bit()? == 1;
+        }
+        r.ue_max("bit_depth_luma_minus8", 6)?;
+        r.ue_max("bit_depth_chroma_minus8", 6)?;
+        r.bit()?; // qpprime_y_zero_transform_bypass_flag
+        if r.bit()? == 1 {
+            // seq_scaling_matrix_present_flag: skip the scaling lists.
+            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
+            for i in 0..lists {
+                if r.bit()? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            let delta = r.se()?;
+                            if !(-128..=127).contains(&delta) {
+                                return Err(SpsError::OutOfRange("delta_scale", delta as u32));
+                            }
+                            next = (last + delta + 256) % 256;
+                        }
+                        if next != 0 {
+                            last = next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    r.ue_max("log2_max_frame_num_minus4", 12)?;
+    match r.ue_max("pic_order_cnt_type", 2)? {
+        0 => {
+            r.ue_max("log2_max_pic_order_cnt_lsb_minus4", 12)?;
+        }
+        1 => {
+            r.bit()?; // delta_pic_order_always_zero_flag
+            r.se()?; // offset_for_non_ref_pic
+            r.se()?; // offset_for_top_to_bottom_field
+            let cycle = r.ue_max("num_ref_frames_in_pic_order_cnt_cycle", 255)?;
+            for _ in 0..cycle {
+                r.se()?;
+            }
+        }
+        _ => {}
+    }
+    r.ue_max("max_num_ref_frames", 16)?;
+    r.bit()?; // gaps_in_frame_num_value_allowed_flag
+    let width_mbs = r.ue_max("pic_width_in_mbs_minus1", 1023)? + 1;
+    let height_map_units = r.ue_max("pic_height_in_map_units_minus1", 1023)? + 1;
+    let frame_mbs_only = r.bit()?;
+    if frame_mbs_only == 0 {
+        r.bit()?; // mb_adaptive_frame_field_flag
+    }
+    r.bit()?; // direct_8x8_inference_flag
+    let mut width = width_mbs * 16;
+    let mut height = (2 - frame_mbs_only) * height_map_units * 16;
+    if r.bit()? == 1 {
+        let chroma_array_type = if separate_colour_plane { 0 } else { chroma_format_idc };
+        let (crop_x, crop_y) = match chroma_array_type {
+            0 => (1, 2 - frame_mbs_only),
+            1 => (2, 2 * (2 - frame_mbs_only)),
+            2 => (2, 2 - frame_mbs_only),
+            _ => (1, 2 - frame_mbs_only),
+        };
+        let left = r.ue_max("frame_crop_left_offset", 8192)?;
+        let right = r.ue_max("frame_crop_right_offset", 8192)?;
+        let top = r.ue_max("frame_crop_top_offset", 8192)?;
+        let bottom = r.ue_max("frame_crop_bottom_offset", 8192)?;
+        let crop_w = crop_x * (left + right);
+        let crop_h = crop_y * (top + bottom);
+        if crop_w >= width || crop_h >= height {
+            return Err(SpsError::OutOfRange("frame cropping", crop_w.max(crop_h)));
+        }
+        width -= crop_w;
+        height -= crop_h;
+    }
+    Ok(SpsInfo { profile_idc, constraint_flags, level_idc, width, height })
+}
+
+/// The canonical SPS/PPS pair of the stream, shared by every access unit
+/// that decodes with it.
+#[derive(Debug)]
+pub struct ParameterSets {
+    pub sps: Bytes,
+    pub pps: Bytes,
+    pub info: SpsInfo,
+    /// Bumped each time the camera sends a different SPS or PPS.
+    pub generation: u64,
+    /// `00 00 00 01 SPS 00 00 00 01 PPS`, ready to write in front of an IDR.
+    pub annexb: Bytes,
+}
+
+/// A NAL unit inside [`AccessUnit::data`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NalUnit {
+    pub range: Range<usize>,
+    pub nal_type: u8,
+}
+
+/// One checked access unit, shared by every consumer through an `Arc`.
+#[derive(Debug)]
+pub struct AccessUnit {
+    /// Our own sequence number: consecutive, except across a reported gap.
+    pub seq: u64,
+    /// The access unit exactly as the camera wrote it (Annex-B).
+    pub data: Bytes,
+    pub nals: Vec<NalUnit>,
+    pub is_idr: bool,
+    /// The parameter sets this frame decodes with (None before any SPS/PPS).
+    pub parameter_sets: Option<Arc<ParameterSets>>,
+    /// True for an IDR that arrived without SPS/PPS: consumers put the
+    /// cached pair in front of it.
+    pub prepend_parameter_sets: bool,
+    /// The first frame after a gap (reader overrun or camera restart).
+    pub after_gap: bool,
+    pub frame_number: u64,
+    pub capture_time: Duration,
+    pub read_time: Duration,
+    pub camera_id: i32,
+}
+
+impl AccessUnit {
+    /// The NAL units to send, without start codes: the cached SPS and PPS
+    /// first where this IDR lacked them. Zero-copy slices.
+    pub fn nal_units(&self) -> impl Iterator<Item = Bytes> + '_ {
+        let prefix = self
+            .parameter_sets
+            .as_ref()
+            .filter(|_| self.prepend_parameter_sets)
+            .map(|ps| [ps.sps.clone(), ps.pps.clone()]);
+        prefix.into_iter().flatten().chain(self.nals.iter().map(|nal| self.data.slice(nal.range.clone())))
+    }
+
+    /// The access unit as Annex-B byte chunks, for writing to a file: the
+    /// cached parameter sets (if prepended) and then the camera's bytes.
+    pub fn annexb_chunks(&self) -> impl Iterator<Item = &[u8]> {
+        let prefix = self.parameter_sets.as_ref().filter(|_| self.prepend_parameter_sets).map(|ps| &ps.annexb[..]);
+        prefix.into_iter().chain(std::iter::once(&self.data[..]))
+    }
+
+    /// Bytes [`AccessUnit::annexb_chunks`] yields.
+    pub fn annexb_len(&self) -> usize {
+        self.annexb_chunks().map(<[u8]>::len).sum()
+    }
+}
+
+/// Why the processor refused a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessError {
+    NoNalUnits { frame_number: u64 },
+    ForbiddenBit { frame_number: u64, nal_type: u8 },
+    BadSps { frame_number: u64, error: SpsError },
+    IdrWithoutParameterSets { frame_number: u64 },
+}
+
+impl ProcessError {
+    /// Label for the error metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProcessError::NoNalUnits { .. } => "no_nal_units",
+            ProcessError::ForbiddenBit { .. } => "forbidden_bit",
+            ProcessError::BadSps { .. } => "bad_sps",
+            ProcessError::IdrWithoutParameterSets { .. } => "idr_without_sps_pps",
+        }
+    }
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcessError::NoNalUnits { frame_number } => {
+                write!(f, "frame {frame_number}: no NAL units (no Annex-B start code)")
+            }
+            ProcessError::ForbiddenBit { frame_number, nal_type } => {
+                write!(f, "frame {frame_number}: NAL unit type {nal_type} has forbidden_zero_bit set")
+            }
+            ProcessError::BadSps { frame_number, error } => write!(f, "frame {frame_number}: {error}"),
+            ProcessError::IdrWithoutParameterSets { frame_number } => {
+                write!(f, "frame {frame_number}: IDR without SPS/PPS and none cached yet")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProcessError {}
+
+/// The stateful part: SPS/PPS cache and sequence numbering.
+#[derive(Debug, Default)]
+pub struct Processor {
+    parameter_sets: Option<Arc<ParameterSets>>,
+    /// An SPS seen without its PPS yet (or vice versa) is held here.
+    pending_sps: Option<(Bytes, SpsInfo)>,
+    pending_pps: Option<Bytes>,
+    generation: u64,
+    next_seq: u64,
+    gap_pending: bool,
+}
+
+impl Processor {
+    pub fn new() -> Processor {
+        Processor::default()
+    }
+
+    /// The current canonical parameter sets, if the camera sent any.
+    pub fn parameter_sets(&self) -> Option<&Arc<ParameterSets>> {
+        self.parameter_sets.as_ref()
+    }
+
+    /// The reader lost frames: the next access unit handed on is marked
+    /// `after_gap`.
+    pub fn note_gap(&mut self) {
+        self.gap_pending = true;
+    }
+
+    /// Checks one frame and turns it into an access unit.
+    pub fn process(&mut self, frame: RawFrame) -> Result<AccessUnit, ProcessError> {
+        let frame_number = frame.frame_number;
+        let ranges = split_annexb(&frame.data);
+        if ranges.is_empty() {
+            return Err(ProcessError::NoNalUnits { frame_number });
+        }
+        let mut nals = Vec::with_capacity(ranges.len());
+        let (mut has_sps, mut has_pps, mut is_idr) = (false, false, false);
+        let mut new_sps = None;
+        let mut new_pps = None;
+        for range in ranges {
+            let nal = &frame.data[range.clone()];
+            if nal[0] & 0x80 != 0 {
+                return Err(ProcessError::ForbiddenBit { frame_number, nal_type: nal_unit_type(nal) });
+            }
+            let kind = nal_unit_type(nal);
+            match kind {
+                nal_type::SPS => {
+                    has_sps = true;
+                    new_sps = Some(range.clone());
+                }
+                nal_type::PPS => {
+                    has_pps = true;
+                    new_pps = Some(range.clone());
+                }
+                nal_type::IDR => is_idr = true,
+                _ => {}
+            }
+            nals.push(NalUnit { range, nal_type: kind });
+        }
+        if let Some(range) = new_sps {
+            let sps = frame.data.slice(range);
+            let current = self.parameter_sets.as_ref().map(|ps| &ps.sps);
+            if current != Some(&sps) && self.pending_sps.as_ref().map(|p| &p.0) != Some(&sps) {
+                let info = parse_sps(&sps).map_err(|error| ProcessError::BadSps { frame_number, error })?;
+                self.pending_sps = Some((sps, info));
+            }
+        }
+        if let Some(range) = new_pps {
+            let pps = frame.data.slice(range);
+            if self.parameter_sets.as_ref().map(|ps| &ps.pps) != Some(&pps) {
+                self.pending_pps = Some(pps);
+            }
+        }
+        self.apply_pending_parameter_sets();
+        let prepend = is_idr && !(has_sps && has_pps);
+        if prepend && self.parameter_sets.is_none() {
+            return Err(ProcessError::IdrWithoutParameterSets { frame_number });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(AccessUnit {
+            seq,
+            data: frame.data,
+            nals,
+            is_idr,
+            parameter_sets: self.parameter_sets.clone(),
+            prepend_parameter_sets: prepend,
+            after_gap: std::mem::take(&mut self.gap_pending),
+            frame_number,
+            capture_time: frame.capture_time,
+            read_time: frame.read_time,
+            camera_id: frame.camera_id,
+        })
+    }
+
+    /// Replaces the canonical pair once both halves of a new one are known.
+    fn apply_pending_parameter_sets(&mut self) {
+        if self.pending_sps.is_none() && self.pending_pps.is_none() {
+            return;
+        }
+        let current = self.parameter_sets.as_deref();
+        let sps = self.pending_sps.clone().or_else(|| current.map(|ps| (ps.sps.clone(), ps.info)));
+        let pps = self.pending_pps.clone().or_else(|| current.map(|ps| ps.pps.clone()));
+        let (Some((sps, info)), Some(pps)) = (sps, pps) else {
+            return;
+        };
+        self.pending_sps = None;
+        self.pending_pps = None;
+        self.generation += 1;
+        let mut annexb = Vec::with_capacity(8 + sps.len() + pps.len());
+        for nal in [&sps, &pps] {
+            annexb.extend_from_slice(&[0, 0, 0, 1]);
+            annexb.extend_from_slice(nal);
+        }
+        log::info!(
+            "H.264 parameter sets generation {}: profile_idc {} constraints {:#04x} level {} ({}x{})",
+            self.generation,
+            info.profile_idc,
+            info.constraint_flags,
+            info.level_idc,
+            info.width,
+            info.height
+        );
+        self.parameter_sets =
+            Some(Arc::new(ParameterSets { sps, pps, info, generation: self.generation, annexb: annexb.into() }));
+    }
+}
+
+/// Groups a raw Annex-B elementary stream (a `.h264` file) into access
+/// units, for the fake camera: a new access unit starts at an AUD, SPS,
+/// PPS or SEI after a slice, or at a slice whose `first_mb_in_slice` is 0.
+pub fn split_access_units(stream: &[u8]) -> Vec<Range<usize>> {
+    let mut units = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut seen_slice = false;
+    for nal in split_annexb(stream) {
+        let kind = nal_unit_type(&stream[nal.clone()]);
+        // Include this NAL's start code (3 or 4 bytes) in its access unit.
+        let mut begin = nal.start - 3;
+        if begin > 0 && stream[begin - 1] == 0 {
+            begin -= 1;
+        }
+        let is_slice = matches!(kind, nal_type::SLICE | nal_type::IDR);
+        let first_mb_zero = is_slice && stream.get(nal.start + 1).is_some_and(|b| b & 0x80 != 0);
+        let starts_new = match kind {
+            nal_type::AUD | nal_type::SPS | nal_type::PPS | nal_type::SEI => seen_slice,
+            _ if is_slice => seen_slice && first_mb_zero,
+            _ => false,
+        };
+        if starts_new {
+            if let Some(s) = start {
+                units.push(s..begin);
+            }
+            start = Some(begin);
+            seen_slice = false;
+        }
+        start.get_or_insert(begin);
+        seen_slice |= is_slice;
+    }
+    if let Some(s) = start {
+        units.push(s..stream.len());
+    }
+    units
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(data: &[u8], n: u64) -> RawFrame {
+        RawFrame {
+            data: Bytes::copy_from_slice(data),
+            frame_number: n,
+            index: n as u32,
+            capture_time: Duration::from_millis(n * 33),
+            read_time: Duration::from_millis(n * 33 + 1),
+            camera_id: 0,
+            width: 0,
+            height: 0,
+        }
+    }
+
+    // The SPS and PPS of assets/demo.h264 (x264, 640x360 constrained
+    // baseline, level 3.1): 360 is not a multiple of 16, so it crops.
+    const SPS_640X360: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5, 0xc0, 0x44, 0x00, 0x00, 0x03, 0x00, 0x04, 0x00, 0x00,
+        0x03, 0x00, 0xf2, 0x3c, 0x60, 0xca, 0x80,
+    ];
+    const PPS: &[u8] = &[0x68, 0xce, 0x3c, 0x80];
+
+    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+        nals.iter().flat_map(|n| [0, 0, 0, 1].iter().chain(n.iter()).copied()).collect()
+    }
+
+    #[test]
+    fn splits_three_and_four_byte_start_codes_and_trailing_zeros() {
+        let data = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 1, 0x65, 0xaa, 0, 0, 0, 0, 1, 0x41, 0xbb, 0, 0];
+        let nals: Vec<&[u8]> = split_annexb(&data).into_iter().map(|r| &data[r]).collect();
+        assert_eq!(nals, vec![&[0x09, 0xf0][..], &[0x65, 0xaa], &[0x41, 0xbb]]);
+    }
+
+    #[test]
+    fn no_start_code_means_no_nal_units() {
+        assert!(split_annexb(&[1, 2, 3, 0, 0]).is_empty());
+        assert!(split_annexb(&[]).is_empty());
+        assert!(split_annexb(&[0, 0, 1]).is_empty());
+    }
+
+    #[test]
+    fn parses_real_sps_with_cropping() {
+        let info = parse_sps(SPS_640X360).unwrap();
+        assert_eq!((info.profile_idc, info.constraint_flags, info.level_idc), (66, 0xc0, 31));
+        assert_eq!((info.width, info.height), (640, 360));
+        assert_eq!(info.profile_level_id(), "42c01f");
+    }
+
+    #[test]
+    fn truncated_sps_is_an_error_not_a_panic() {
+        for len in 0..SPS_640X360.len() - 2 {
+            let _ = parse_sps(&SPS_640X360[..len]);
+        }
+        assert_eq!(parse_sps(&SPS_640X360[..4]), Err(SpsError::Truncated));
+    }
+
+    #[test]
+    fn idr_without_parameter_sets_gets_the_cached_ones() {
+        let mut p = Processor::new();
+        let idr: &'static [u8] = &[0x65, 0x88, 0x84];
+        let first = p.process(raw(&annexb(&[SPS_640X360, PPS, idr]), 0)).unwrap();
+        assert!(first.is_idr && !first.prepend_parameter_sets);
+        let second = p.process(raw(&annexb(&[idr]), 1)).unwrap();
+        assert!(second.prepend_parameter_sets);
+        let nals: Vec<Bytes> = second.nal_units().collect();
+        assert_eq!(nals, vec![Bytes::from_static(SPS_640X360), Bytes::from_static(PPS), Bytes::from_static(idr)]);
+        let file: Vec<u8> = second.annexb_chunks().flatten().copied().collect();
+        assert_eq!(file, annexb(&[SPS_640X360, PPS, idr]));
+        assert_eq!(second.annexb_len(), file.len());
+        assert_eq!(second.parameter_sets.as_ref().unwrap().generation, 1);
+    }
+
+    #[test]
+    fn idr_before_any_parameter_sets_is_refused() {
+        let mut p = Processor::new();
+        let err = p.process(raw(&annexb(&[&[0x65, 0x88]]), 7)).unwrap_err();
+        assert_eq!(err, ProcessError::IdrWithoutParameterSets { frame_number: 7 });
+        // A P-frame before any IDR passes: the hub never starts a consumer on it.
+        assert!(p.process(raw(&annexb(&[&[0x41, 0x9a]]), 8)).is_ok());
+    }
+
+    #[test]
+    fn changed_sps_bumps_the_generation_and_same_bytes_do_not() {
+        let mut p = Processor::new();
+        let idr: &[u8] = &[0x65, 0x88];
+        p.process(raw(&annexb(&[SPS_640X360, PPS, idr]), 0)).unwrap();
+        p.process(raw(&annexb(&[SPS_640X360, PPS, idr]), 1)).unwrap();
+        assert_eq!(p.parameter_sets().unwrap().generation, 1);
+        let new_pps: &[u8] = &[0x68, 0xce, 0x38, 0x81];
+        p.process(raw(&annexb(&[SPS_640X360, new_pps, idr]), 2)).unwrap();
+        let ps = p.parameter_sets().unwrap();
+        assert_eq!((ps.generation, &ps.pps[..]), (2, new_pps));
+    }
+
+    #[test]
+    fn forbidden_bit_is_refused() {
+        let mut p = Processor::new();
+        let err = p.process(raw(&annexb(&[&[0xe5, 0x88]]), 3)).unwrap_err();
+        assert!(matches!(err, ProcessError::ForbiddenBit { frame_number: 3, nal_type: 5 }));
+    }
+
+    #[test]
+    fn gap_marks_the_next_access_unit() {
+        let mut p = Processor::new();
+        p.note_gap();
+        let p_frame = annexb(&[&[0x41, 0x9a]]);
+        assert!(p.process(raw(&p_frame, 0)).unwrap().after_gap);
+        let next = p.process(raw(&p_frame, 1)).unwrap();
+        assert!(!next.after_gap);
+        assert_eq!(next.seq, 1);
+    }
+
+    #[test]
+    fn groups_a_stream_into_access_units() {
+        let stream = [
+            annexb(&[&[0x09, 0x10], SPS_640X360, PPS, &[0x65, 0x88], &[0x65, 0x00]]),
+            annexb(&[&[0x09, 0x30], &[0x41, 0x9a]]),
+            annexb(&[&[0x41, 0x9b]]),
+        ];
+        let joined: Vec<u8> = stream.concat();
+        let units: Vec<&[u8]> = split_access_units(&joined).into_iter().map(|r| &joined[r]).collect();
+        assert_eq!(units, vec![&stream[0][..], &stream[1][..], &stream[2][..]]);
+    }
+}

@@ -1,0 +1,32 @@
+//! streaming-server: serves a camera daemon's hardware-encoded H.264 from
+//! POSIX shared memory to browsers over WebRTC and to raw `.h264` files,
+//! without decoding or re-encoding.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! camera daemon --shm--> shm (reader) -> h264 (processor) -> hub (fan-out) -+-> webrtc viewers
+//!                        \________ media thread: pipeline ________/         +-> recorder
+//! ```
+//!
+//! Module map:
+//! - [`abi`]: the daemon's segment layout, checked against its C header.
+//! - [`shm`]: attaches to the segment and copies every complete frame once.
+//! - [`h264`]: Annex-B splitting, SPS parsing, SPS/PPS cache, IDR rules.
+//! - [`hub`]: bounded per-consumer queues, GOP cache, drop-to-next-IDR.
+//! - [`pipeline`]: the media thread joining the three above.
+//! - [`fake_camera`]: a daemon stand-in that plays a clip into a segment.
+//! - [`metrics`], [`clock`], [`shutdown`], [`ratelimit`], [`cli`]: shared leaves.
+
+pub mod abi;
+pub mod cli;
+pub mod clock;
+pub mod fake_camera;
+pub mod h264;
+pub mod hub;
+pub mod metrics;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod shm;
+pub mod shutdown;
+pub mod webrtc;

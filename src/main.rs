@@ -1,0 +1,129 @@
+//! streaming-server binary: parses flags, starts each stage with the one
+//! shutdown signal, and tears them down in order on SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use streaming_server::abi::Layout;
+use streaming_server::cli::{self, Args, Command, FakeCameraArgs};
+use streaming_server::fake_camera::{self, Clip, FakeCameraOptions, DEMO_CLIP};
+use streaming_server::metrics::Metrics;
+use streaming_server::pipeline::{self, Media};
+use streaming_server::shm::ReaderConfig;
+use streaming_server::shutdown::{self, Trigger};
+
+fn main() -> ExitCode {
+    let args = cli::parse(std::env::args_os());
+    env_logger::Builder::new()
+        .filter_level(args.log_level.filter())
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    let result = match &args.command {
+        Some(Command::FakeCamera(fake)) => run_fake_camera(fake),
+        None => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM starts a graceful stop; a second exits at once.
+fn handle_signals(trigger: Trigger) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    log::info!("signal {signal}: shutting down (again to exit at once)");
+                    trigger.trigger();
+                } else {
+                    log::warn!("second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn load_clip(file: Option<&std::path::Path>) -> Result<Clip, String> {
+    match file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Clip::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => Clip::parse(DEMO_CLIP),
+    }
+}
+
+fn run_fake_camera(args: &FakeCameraArgs) -> Result<(), String> {
+    let clip = load_clip(args.file.as_deref())?;
+    let (trigger, shutdown) = shutdown::channel();
+    handle_signals(trigger)?;
+    fake_camera::run(&args.options(), &clip, &shutdown).map_err(|e| format!("fake camera: {e}"))?;
+    Ok(())
+}
+
+fn serve(args: &Args) -> Result<(), String> {
+    let layout = Layout::new(args.time_bits);
+    let (trigger, shutdown) = shutdown::channel();
+    handle_signals(trigger)?;
+    let metrics = Arc::new(Metrics::new());
+    let media = Media::new(metrics);
+
+    let mut shm_name = args.shm.clone();
+    let mut demo_camera = None;
+    if args.demo {
+        shm_name = format!("/streaming_server_demo_{}", std::process::id());
+        let options = FakeCameraOptions::new(&shm_name, layout);
+        let clip = load_clip(None)?;
+        let stop = shutdown.clone();
+        demo_camera = Some(
+            std::thread::Builder::new()
+                .name("demo-camera".into())
+                .spawn(move || {
+                    if let Err(error) = fake_camera::run(&options, &clip, &stop) {
+                        log::error!("demo camera: {error}");
+                    }
+                })
+                .map_err(|e| e.to_string())?,
+        );
+    }
+
+    let config = ReaderConfig { name: shm_name, layout };
+    let media_thread = pipeline::spawn(config, media.clone(), shutdown.clone()).map_err(|e| e.to_string())?;
+
+    let mut last_read = 0;
+    while !shutdown.wait_timeout(Duration::from_secs(5)) {
+        let read = media.camera.frames_read.load(Ordering::Relaxed);
+        log::info!(
+            "camera: {:.1} fps, {} frames read, {} dropped, {} read errors, {} process errors, GOP cache {} frames",
+            (read - last_read) as f64 / 5.0,
+            read,
+            media.metrics.frames_dropped.get(),
+            media.metrics.read_errors.get(),
+            media.metrics.process_errors.get(),
+            media.hub.gop_cache_len()
+        );
+        last_read = read;
+    }
+
+    // Order: stop reading shm first, then the demo camera that feeds it.
+    let _ = media_thread.join();
+    if let Some(camera) = demo_camera {
+        let _ = camera.join();
+    }
+    log::info!("stopped");
+    Ok(())
+}
