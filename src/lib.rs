@@ -16,6 +16,7 @@
 //! - [`hub`]: bounded per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`pipeline`]: the media thread joining the three above.
 //! - [`fake_camera`]: a daemon stand-in that plays a clip into a segment.
+//! - [`systemd`]: sd_notify readiness and a watchdog fed by the media path.
 //! - [`metrics`], [`clock`], [`shutdown`], [`ratelimit`], [`cli`]: shared leaves.
 
 pub mod abi;
@@ -29,4 +30,5 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod shm;
 pub mod shutdown;
+pub mod systemd;
 pub mod webrtc;
