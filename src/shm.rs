@@ -51,8 +51,10 @@ use crate::shutdown::Shutdown;
 use crate::warn_limited;
 
 /// How long `write_index` must stand still before the newest frame counts as
-/// complete without its post. The daemon copies at most 3 MB per frame.
-pub const SETTLE_TIME: Duration = Duration::from_millis(4);
+/// complete without its post. The daemon copies at most 3 MB per frame
+/// (about 1-2 ms on a Raspberry Pi 4); this only delays frames when other
+/// processes take the posts.
+pub const SETTLE_TIME: Duration = Duration::from_millis(15);
 /// Longest sleep on the semaphore: bounds shutdown and catch-up latency.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// How often the segment's identity (inode) is checked for a restart.
@@ -348,6 +350,15 @@ impl Segment {
         }
     }
 
+    /// True if slot `index`'s header is all zero: never written.
+    pub fn slot_is_blank(&self, index: u32) -> bool {
+        let l = &self.layout;
+        let slot = l.slot_offset(index);
+        self.read_u64(slot + l.frame_number) == 0
+            && self.read_i32(slot + l.format) == 0
+            && self.read_signed(slot + l.data_size, l.size_t_size) == 0
+    }
+
     /// Reads and checks slot `index`'s header, then copies its data once.
     /// The caller re-checks `write_index` afterwards for an overwrite.
     pub fn read_frame(&self, index: u32) -> Result<RawFrame, ReadError> {
@@ -489,43 +500,95 @@ fn before(a: u32, b: u32) -> bool {
     (b.wrapping_sub(a) as i32) > 0
 }
 
-/// Knows which frames are complete from posts received and from
-/// `write_index` standing still; see the module doc.
+/// Knows which frames are complete. Sans-IO: the reader passes in what it
+/// observed (write_index, whether it took a post, posts it drained) and the
+/// time.
+///
+/// The writer does, per frame k: fetch_add (write_index becomes k+1), copy,
+/// post(k). So the number of posts made, P, is the number of complete
+/// frames, and P is write_index - 1 or write_index. Counting posts gives P
+/// up to a constant (`base`), pinned in one of two ways:
+/// - exactly: once the reader has seen write_index == W and drained every
+///   pending post, post(W-2) is behind it (it came before fetch_add(W-1));
+///   so a post taken while write_index still reads W is post(W-1): P == W.
+/// - by timing, until pinned exactly: write_index standing still for
+///   [`SETTLE_TIME`] after the reader looked means the copy is done (a
+///   frame copy is far faster than that).
+///
+/// Once pinned, counting is exact while this reader gets every post. If
+/// other processes take posts it undercounts, and frames are handed on
+/// when the next one starts (one frame late, never torn); if no post comes
+/// for [`POSTS_ABSENT_AFTER`], timing takes over again.
 #[derive(Debug)]
 struct Completion {
-    /// Posts received, offset so that `base + posts` is the number of frames
-    /// posted (a lower bound when others take posts).
+    /// `base + posts` = frames posted (a lower bound until pinned).
     base: u32,
     posts: u32,
+    pinned: bool,
+    /// write_index when pending posts were last drained.
+    armed_index: u32,
     last_index: u32,
     index_changed_at: Instant,
+    last_post_at: Instant,
 }
 
+/// Without posts for this long, the reader stops counting on them.
+const POSTS_ABSENT_AFTER: Duration = Duration::from_secs(1);
+
 impl Completion {
+    /// `write_index` was read, then pending posts were drained.
     fn new(write_index: u32, now: Instant) -> Completion {
-        // Pessimistic: frame write_index - 1 may still be in its copy.
-        Completion { base: write_index.wrapping_sub(1), posts: 0, last_index: write_index, index_changed_at: now }
+        Completion {
+            // Pessimistic: frame write_index - 1 may still be in its copy.
+            // Except on a fresh segment, where no frame was ever started.
+            base: if write_index == 0 { 0 } else { write_index.wrapping_sub(1) },
+            posts: 0,
+            pinned: write_index == 0,
+            armed_index: write_index,
+            last_index: write_index,
+            index_changed_at: now,
+            last_post_at: now,
+        }
     }
 
-    fn on_post(&mut self) {
-        self.posts = self.posts.wrapping_add(1);
+    /// True if the reader must drain pending posts (and pass their count to
+    /// [`Completion::update`]) before trusting the next post.
+    fn needs_drain(&self, write_index: u32) -> bool {
+        write_index != self.armed_index
+    }
+
+    fn set_posted(&mut self, posted: u32) {
+        self.base = posted.wrapping_sub(self.posts);
     }
 
     /// Frames before the returned index are complete.
-    fn complete_end(&mut self, write_index: u32, now: Instant) -> u32 {
+    fn update(&mut self, write_index: u32, took_post: bool, drained: u32, now: Instant) -> u32 {
+        if took_post || drained > 0 {
+            self.last_post_at = now;
+        } else if now.duration_since(self.last_post_at) >= POSTS_ABSENT_AFTER {
+            self.pinned = false;
+        }
+        self.posts = self.posts.wrapping_add(u32::from(took_post)).wrapping_add(drained);
         if write_index != self.last_index {
             self.last_index = write_index;
             self.index_changed_at = now;
         }
-        let posted = self.base.wrapping_add(self.posts);
-        let settled = now.duration_since(self.index_changed_at) >= SETTLE_TIME;
-        if settled || before(write_index, posted) {
-            // Either the writer has been idle long enough, or we counted more
-            // posts than frames started (only possible if we were
-            // pessimistic by one): all started frames are complete. Re-base
-            // the count so posts alone say so from now on.
-            self.base = write_index.wrapping_sub(self.posts);
-            return write_index;
+        if write_index != self.armed_index {
+            self.armed_index = write_index;
+        } else if took_post {
+            self.set_posted(write_index);
+            self.pinned = true;
+        }
+        let mut posted = self.base.wrapping_add(self.posts);
+        if before(write_index, posted) {
+            // More posts than frames started: the count was one too high.
+            self.set_posted(write_index);
+            posted = write_index;
+        }
+        if posted != write_index && !self.pinned && now.duration_since(self.index_changed_at) >= SETTLE_TIME {
+            self.set_posted(write_index);
+            self.pinned = true;
+            posted = write_index;
         }
         let floor = write_index.wrapping_sub(1);
         if before(floor, posted) {
@@ -535,10 +598,14 @@ impl Completion {
         }
     }
 
-    /// True if the newest frame is known to be started but not known to be
-    /// complete: the reader then polls at [`SETTLE_TIME`].
-    fn newest_uncertain(&self, complete_end: u32, write_index: u32) -> bool {
-        complete_end != write_index
+    /// How long the reader may sleep on the semaphore: short while only
+    /// timing can tell that the newest frame is complete.
+    fn next_wait(&self, complete_end: u32) -> Duration {
+        if complete_end != self.last_index && !self.pinned {
+            SETTLE_TIME
+        } else {
+            IDLE_WAIT
+        }
     }
 }
 
@@ -618,9 +685,9 @@ fn follow(
 ) -> FollowEnd {
     let mut bad_frame_log = RateLimiter::new(Duration::from_secs(5));
     let mut gap_log = RateLimiter::new(Duration::from_secs(5));
-    // Posts made before now belong to frames we treat by write_index alone.
-    segment.drain_posts();
+    // Read write_index, then drop posts made before: see Completion.
     let start = segment.write_index();
+    segment.drain_posts();
     let mut completion = Completion::new(start, Instant::now());
     let mut next = start.wrapping_sub(start.min(PREROLL_ON_ATTACH));
     let mut identity_checked = Instant::now();
@@ -629,11 +696,10 @@ fn follow(
         if shutdown.is_triggered() {
             return FollowEnd::Shutdown;
         }
-        if segment.wait_post(wait) {
-            completion.on_post();
-        }
+        let took_post = segment.wait_post(wait);
         let now = Instant::now();
         let write_index = segment.write_index();
+        let drained = if completion.needs_drain(write_index) { segment.drain_posts() } else { 0 };
         if before(write_index, next) {
             log::warn!(
                 "camera segment {}: write_index went back from {} to {write_index}: camera restarted",
@@ -656,7 +722,7 @@ fn follow(
                 }
             }
         }
-        let complete_end = completion.complete_end(write_index, now);
+        let complete_end = completion.update(write_index, took_post, drained, now);
         // Frame k's slot is rewritten once the writer starts frame k + RING.
         let oldest_safe = write_index.wrapping_sub(RING_BUFFER_SIZE);
         if before(next, oldest_safe) {
@@ -695,6 +761,11 @@ fn follow(
                     status.camera_id.store(frame.camera_id, Ordering::Relaxed);
                     sink(ReaderEvent::Frame(frame));
                 }
+                Err(error) if before(index, start) && segment.slot_is_blank(index) => {
+                    // Read back on attach: a slot the writer never filled
+                    // (still zero from ftruncate) is not an error.
+                    log::debug!("camera segment {}: ignored unwritten slot on attach: {error}", config.name);
+                }
                 Err(error) => {
                     warn_limited!(bad_frame_log, "camera segment {}: dropped malformed {error}", config.name);
                     metrics.read_errors.inc();
@@ -703,7 +774,7 @@ fn follow(
                 }
             }
         }
-        wait = if completion.newest_uncertain(complete_end, write_index) { SETTLE_TIME } else { IDLE_WAIT };
+        wait = completion.next_wait(complete_end);
     }
 }
 
@@ -726,44 +797,91 @@ mod tests {
     }
 
     #[test]
-    fn completion_trusts_posts_then_settling() {
+    fn a_post_taken_while_the_index_stands_still_pins_the_count() {
         let t0 = Instant::now();
+        // Attach while the writer copies frame 9 (write_index 10).
         let mut c = Completion::new(10, t0);
-        // Frame 9 may be in its copy: only 0..9 are complete.
-        assert_eq!(c.complete_end(10, t0), 9);
-        // The writer was idle at attach (frame 9 already posted), then
-        // starts frame 10 and posts it. Posts alone cannot tell that frame
-        // 10 is complete until the index settles, which re-bases the count.
-        c.on_post();
-        assert_eq!(c.complete_end(11, t0), 10);
-        assert_eq!(c.complete_end(11, t0 + SETTLE_TIME), 11);
-        // From then on posts say it at once.
-        let t1 = t0 + SETTLE_TIME * 2;
-        assert_eq!(c.complete_end(12, t1), 11);
-        c.on_post();
-        assert_eq!(c.complete_end(12, t1), 12);
-        assert!(!c.newest_uncertain(12, 12));
+        assert_eq!(c.update(10, false, 0, t0), 9, "frame 9 may be torn");
+        // Its post arrives with write_index unchanged: frame 9 is complete.
+        assert_eq!(c.update(10, true, 0, t0), 10);
+        // Frame 10 starts and takes 50 ms: counting now waits for its post.
+        assert!(c.needs_drain(11));
+        assert_eq!(c.update(11, false, 0, t0), 10);
+        assert_eq!(c.next_wait(10), IDLE_WAIT);
+        assert_eq!(c.update(11, false, 0, t0 + Duration::from_millis(50)), 10);
+        assert_eq!(c.update(11, true, 0, t0 + Duration::from_millis(51)), 11);
     }
 
     #[test]
-    fn completion_without_posts_waits_for_the_index_to_settle() {
+    fn attaching_to_an_idle_writer_settles_once_then_counts() {
+        let t0 = Instant::now();
+        // Writer idle at attach: frame 9 was complete and posted (drained).
+        let mut c = Completion::new(10, t0);
+        assert_eq!(c.update(10, false, 0, t0), 9, "unknown yet, so pessimistic");
+        // Frame 10 starts and is posted before the reader looks.
+        assert_eq!(c.update(11, true, 0, t0), 10);
+        assert_eq!(c.next_wait(10), SETTLE_TIME);
+        assert_eq!(c.update(11, false, 0, t0 + SETTLE_TIME), 11, "settled: pinned by timing");
+        // From now on each post says it at once.
+        assert_eq!(c.update(12, true, 0, t0 + SETTLE_TIME * 3), 12);
+        assert_eq!(c.update(13, true, 0, t0 + SETTLE_TIME * 5), 13);
+    }
+
+    #[test]
+    fn a_fresh_segment_needs_no_settling() {
         let t0 = Instant::now();
         let mut c = Completion::new(0, t0);
-        assert_eq!(c.complete_end(1, t0), 0);
-        assert_eq!(c.complete_end(1, t0 + SETTLE_TIME / 2), 0);
-        assert_eq!(c.complete_end(1, t0 + SETTLE_TIME), 1);
-        assert!(!c.newest_uncertain(1, 1));
+        assert_eq!(c.update(1, true, 0, t0), 1);
+    }
+
+    #[test]
+    fn a_count_one_too_high_is_corrected_by_the_next_post() {
+        let t0 = Instant::now();
+        let mut c = Completion::new(10, t0);
+        // Frame 10 started; a 20 ms copy outlasts the settle time: the
+        // timing guess is wrong, and frame 10 is taken early.
+        assert_eq!(c.update(11, false, 0, t0), 10);
+        assert_eq!(c.update(11, false, 0, t0 + SETTLE_TIME), 11);
+        // Its post arrives: one more than frames started, so re-based.
+        assert_eq!(c.update(11, true, 0, t0 + Duration::from_millis(20)), 11);
+        assert_eq!(c.update(12, false, 0, t0 + Duration::from_millis(40)), 11);
+        assert_eq!(c.update(12, true, 0, t0 + Duration::from_millis(41)), 12);
+    }
+
+    #[test]
+    fn without_posts_the_newest_frame_completes_once_the_index_settles() {
+        let t0 = Instant::now();
+        let mut c = Completion::new(5, t0);
+        let t1 = t0 + POSTS_ABSENT_AFTER;
+        assert_eq!(c.update(6, false, 0, t1), 5);
+        assert_eq!(c.next_wait(5), SETTLE_TIME);
+        assert_eq!(c.update(6, false, 0, t1 + SETTLE_TIME / 2), 5);
+        assert_eq!(c.update(6, false, 0, t1 + SETTLE_TIME), 6);
+        assert_eq!(c.next_wait(6), IDLE_WAIT);
+        let t2 = t1 + POSTS_ABSENT_AFTER * 2;
+        assert_eq!(c.update(7, false, 0, t2), 6);
+        assert_eq!(c.update(7, false, 0, t2 + SETTLE_TIME), 7);
+    }
+
+    #[test]
+    fn posts_drained_on_an_index_change_still_count() {
+        let t0 = Instant::now();
+        let mut c = Completion::new(3, t0);
+        c.update(3, true, 0, t0); // pinned: P = 3
+                                  // The reader was slow: frames 3 and 4 were both written and posted
+                                  // before it looked again.
+        assert!(c.needs_drain(5));
+        assert_eq!(c.update(5, false, 2, t0), 5);
     }
 
     #[test]
     fn completion_handles_wrap_around() {
         let t0 = Instant::now();
         let mut c = Completion::new(u32::MAX, t0);
-        assert_eq!(c.complete_end(u32::MAX, t0), u32::MAX - 1);
-        c.on_post();
-        assert_eq!(c.complete_end(0, t0), u32::MAX);
-        assert_eq!(c.complete_end(0, t0 + SETTLE_TIME), 0);
-        c.on_post();
-        assert_eq!(c.complete_end(1, t0 + SETTLE_TIME), 1);
+        assert_eq!(c.update(u32::MAX, false, 0, t0), u32::MAX - 1);
+        assert_eq!(c.update(u32::MAX, true, 0, t0), u32::MAX);
+        assert_eq!(c.update(0, false, 0, t0), u32::MAX);
+        assert_eq!(c.update(0, true, 0, t0), 0);
+        assert_eq!(c.update(1, true, 0, t0), 1);
     }
 }
