@@ -236,8 +236,7 @@ impl Judge {
 
 /// Samples the media path and the camera segment named in `config`.
 pub fn sample(media: &Media, config: &ReaderConfig) -> Sample {
-    let frames_handled =
-        media.camera.frames_read.load(Ordering::Relaxed).wrapping_add(media.metrics.read_errors.get());
+    let frames_handled = media.camera.frames_read.load(Ordering::Relaxed).wrapping_add(media.metrics.read_errors.get());
     // Mapping without touching the pages costs a few page-table entries;
     // any error (missing, wrong size for the layout) means no camera to
     // compare with, and the reader reports those errors itself.
