@@ -1,0 +1,459 @@
+//! WebRTC viewers: the camera's H.264, as it is, to many browsers.
+//!
+//! In: SDP offers from the control plane ([`Viewers::offer`], called on a
+//! tiny_http worker thread, blocking), and access units from the hub (one
+//! bounded subscription per connected viewer). Out: an SDP answer per offer
+//! (with our host candidates: no trickle), then SRTP to each viewer.
+//!
+//! Threads: [`Viewers`] owns a small tokio runtime ("webrtc" worker
+//! threads). Each viewer is one task (plus one for its RTCP feedback) next to
+//! the `webrtc` crate's own driver task for its peer connection. The media
+//! thread is never blocked: the hub only `try_send`s into a viewer's queue.
+//!
+//! Per viewer:
+//! 1. negotiation ([`negotiate`]): choose the offered H.264 payload type the
+//!    camera's SPS fits, register only that codec, answer, rewrite the
+//!    answer's video section to exactly that codec and check it;
+//! 2. wait for the peer connection to reach `Connected` (ICE + DTLS up):
+//!    nothing is sent before;
+//! 3. subscribe to the hub from the GOP cache (the last IDR and what
+//!    followed), so the picture starts at once; the catch-up frames get RTP
+//!    timestamps 1 tick apart so the browser shows the newest at once
+//!    instead of replaying the GOP at camera pace, then live frames keep the
+//!    camera's capture cadence (90 kHz from the capture timestamps);
+//! 4. each access unit is packetized once for all viewers
+//!    ([`packetizer::PacketCache`]); a viewer only stamps SSRC, payload type,
+//!    sequence number and timestamp on the shared payloads;
+//! 5. PLI/FIR (delivered by a small interceptor) restart the viewer from the
+//!    cached IDR, at most once per [`KEYFRAME_RESTART_INTERVAL`]; NACKs are
+//!    answered by the crate's NACK responder.
+//!
+//! Overflow: a viewer that cannot keep up fills its hub queue; the hub drops
+//! whole frames up to the next IDR for that viewer alone and counts them in
+//! `streaming_webrtc_frames_dropped_total`. Bad input: an offer that does
+//! not parse, or has no H.264 the stream fits, is refused with an
+//! [`OfferError`] whose message says why; nothing a peer sends panics.
+//!
+//! Departure: ICE consent failure after a few seconds of silence
+//! ([`ICE_FAILED_TIMEOUT`]) or a DTLS close ends the viewer and frees its slot;
+//! [`Viewers::close`] (WHEP DELETE) frees it at once.
+
+pub mod negotiate;
+pub mod packetizer;
+mod viewer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::pipeline::Media;
+use crate::shutdown::Shutdown;
+
+pub use negotiate::{Choice, NegotiationError};
+
+/// The viewer page served at `GET /`.
+pub static VIEWER_PAGE: &str = include_str!("../../assets/viewer.html");
+
+/// How long [`Viewers::offer`] waits for ICE gathering before answering with
+/// the candidates it has (host candidates are there at once; only a STUN
+/// server can take longer, and an unreachable one must not delay viewers).
+pub const GATHER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Upper bound on a whole negotiation.
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A viewer that answered but never connects is dropped after this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// ICE: no traffic for this long is "disconnected".
+pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(2);
+/// ICE: this much longer after "disconnected" is "failed": the viewer is
+/// gone (about 5 s of silence in all).
+pub const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keyframe requests restart a viewer at most this often.
+pub const KEYFRAME_RESTART_INTERVAL: Duration = Duration::from_secs(1);
+/// Frames a viewer's hub queue holds: a whole GOP from the cache plus a
+/// second of live frames at 30 fps, so a GOP-cache start never overflows.
+pub const VIEWER_QUEUE_FRAMES: usize = 96;
+
+#[derive(Clone, Debug)]
+pub struct WebrtcConfig {
+    pub max_clients: usize,
+    /// STUN URLs from `-stun` (empty: none).
+    pub stun: Vec<String>,
+    /// `-udp-port-range`, inclusive.
+    pub udp_port_range: Option<(u16, u16)>,
+    /// `-webrtc-ip`: local addresses to offer host candidates on. Empty means
+    /// every interface except loopback and link-local; name 127.0.0.1 to
+    /// include loopback (tests, a browser on the same machine).
+    pub ips: Vec<IpAddr>,
+}
+
+impl WebrtcConfig {
+    pub fn new(max_clients: usize) -> WebrtcConfig {
+        WebrtcConfig { max_clients, stun: Vec::new(), udp_port_range: None, ips: Vec::new() }
+    }
+}
+
+/// Parses `-udp-port-range` (`50000-50100`).
+pub fn parse_port_range(text: &str) -> Result<Option<(u16, u16)>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (low, high) = text.split_once(['-', ':']).ok_or_else(|| format!("port range {text:?}: expected LOW-HIGH"))?;
+    let low: u16 = low.trim().parse().map_err(|_| format!("port range {text:?}: bad low port"))?;
+    let high: u16 = high.trim().parse().map_err(|_| format!("port range {text:?}: bad high port"))?;
+    if low == 0 || low > high {
+        return Err(format!("port range {text:?}: need 0 < LOW <= HIGH"));
+    }
+    Ok(Some((low, high)))
+}
+
+/// Parses `-webrtc-ip` (comma-separated addresses).
+pub fn parse_ips(text: &str) -> Result<Vec<IpAddr>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| format!("bad IP address {s:?}")))
+        .collect()
+}
+
+/// Parses `-stun` (comma-separated URLs; `stun:` added when missing).
+pub fn parse_stun(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| if s.starts_with("stun:") || s.starts_with("turn:") { s.to_string() } else { format!("stun:{s}") })
+        .collect()
+}
+
+/// A negotiated viewer.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Opaque id, used in the WHEP resource URL `/whep/<id>`.
+    pub id: String,
+    pub answer_sdp: String,
+}
+
+/// Why an offer was refused; the control plane maps these to statuses.
+#[derive(Clone, Debug)]
+pub enum OfferError {
+    /// 400: not parseable SDP, or not an offer.
+    BadSdp(String),
+    /// 400: no H.264 the camera's stream can be sent as (message says why).
+    NoCompatibleCodec(String),
+    /// 503 with Retry-After: `max_clients` viewers already.
+    TooManyViewers,
+    /// 503 with Retry-After: the camera has not sent SPS/PPS yet.
+    NoStreamYet,
+    /// 500.
+    Internal(String),
+}
+
+impl fmt::Display for OfferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OfferError::BadSdp(why) => write!(f, "bad SDP offer: {why}"),
+            OfferError::NoCompatibleCodec(why) => write!(f, "no compatible H.264 in the offer: {why}"),
+            OfferError::TooManyViewers => write!(f, "too many viewers"),
+            OfferError::NoStreamYet => write!(f, "the camera stream has not started yet"),
+            OfferError::Internal(why) => write!(f, "internal error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for OfferError {}
+
+/// Counters for tests and the health endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ViewerStats {
+    /// Access units packetized (cache misses).
+    pub packetized: u64,
+    /// Packetized access units reused by a viewer.
+    pub cache_hits: u64,
+    /// Keyframe requests that restarted a viewer from the cached IDR.
+    pub keyframe_restarts: u64,
+    /// Viewers that reached `Connected`.
+    pub connected: u64,
+}
+
+/// One viewer slot: reserved at offer time, freed when the viewer ends.
+struct Slot {
+    /// Tells the viewer task to stop; dropping it does too.
+    close: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub(crate) struct Inner {
+    config: WebrtcConfig,
+    media: Media,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    slots: Mutex<HashMap<String, Slot>>,
+    cache: packetizer::PacketCache,
+    next_port: AtomicU16,
+    keyframe_restarts: AtomicU64,
+    connected: AtomicU64,
+    /// Each viewer's last hub-queue fill, for the buffer-usage gauge (the
+    /// fullest viewer is reported).
+    usage: Mutex<HashMap<String, i64>>,
+    shutdown: Shutdown,
+}
+
+impl Inner {
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // Only map inserts/removes happen under this lock.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frees a viewer's slot (idempotent); true if it was there.
+    pub(crate) fn release(&self, id: &str) -> bool {
+        let mut slots = self.slots();
+        let removed = slots.remove(id);
+        self.media.metrics.active_clients.set(slots.len() as i64);
+        drop(slots);
+        match removed {
+            Some(mut slot) => {
+                if let Some(close) = slot.close.take() {
+                    let _ = close.send(());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn report_usage(&self, id: &str, percent: i64) {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage.insert(id.to_string(), percent);
+        self.media.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
+    }
+
+    pub(crate) fn forget_usage(&self, id: &str) {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage.remove(id);
+        self.media.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
+    }
+
+    /// The socket addresses a new peer connection binds.
+    fn bind_addrs(&self) -> Vec<Vec<SocketAddr>> {
+        let ips =
+            if self.config.ips.is_empty() { vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)] } else { self.config.ips.clone() };
+        match self.config.udp_port_range {
+            None => vec![ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect()],
+            Some((low, high)) => {
+                // Candidates to try, starting after the last port handed out,
+                // so consecutive viewers do not race for the same port.
+                let span = u32::from(high - low) + 1;
+                let start = u32::from(self.next_port.fetch_add(1, Ordering::Relaxed)) % span;
+                (0..span.min(64))
+                    .map(|i| {
+                        let port = low + ((start + i) % span) as u16;
+                        ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Never block (we may be dropped on a runtime thread).
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// All viewers; cheap to clone. Owns its own tokio runtime.
+#[derive(Clone)]
+pub struct Viewers {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Viewers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Viewers").field("count", &self.count()).field("config", &self.inner.config).finish()
+    }
+}
+
+impl Viewers {
+    pub fn new(config: WebrtcConfig, media: Media, shutdown: Shutdown) -> Result<Viewers, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("webrtc")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("webrtc runtime: {e}"))?;
+        let handle = runtime.handle().clone();
+        let inner = Arc::new(Inner {
+            config,
+            media,
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            slots: Mutex::new(HashMap::new()),
+            cache: packetizer::PacketCache::new(),
+            next_port: AtomicU16::new(0),
+            keyframe_restarts: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            usage: Mutex::new(HashMap::new()),
+            shutdown: shutdown.clone(),
+        });
+        // On shutdown every viewer ends; the weak reference lets the runtime
+        // go when the last `Viewers` does.
+        let weak = Arc::downgrade(&inner);
+        inner.handle.spawn(async move {
+            shutdown.wait().await;
+            if let Some(inner) = weak.upgrade() {
+                Viewers { inner }.close_all_async().await;
+            }
+        });
+        Ok(Viewers { inner })
+    }
+
+    /// Negotiates a new viewer; blocks the calling (control-plane) thread
+    /// until ICE gathering is complete, bounded by [`GATHER_TIMEOUT`] (and
+    /// the whole call by [`OFFER_TIMEOUT`]).
+    pub fn offer(&self, offer_sdp: &str) -> Result<Session, OfferError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_triggered() {
+            return Err(OfferError::Internal("shutting down".into()));
+        }
+        let parameter_sets = inner.media.hub.parameter_sets().ok_or(OfferError::NoStreamYet)?;
+        let choice = negotiate::choose(offer_sdp, &parameter_sets.info).map_err(|e| match e {
+            NegotiationError::BadSdp(why) => OfferError::BadSdp(why),
+            NegotiationError::NoCompatibleCodec(why) => OfferError::NoCompatibleCodec(why),
+        })?;
+        let id = random_id();
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+        {
+            let mut slots = inner.slots();
+            if slots.len() >= inner.config.max_clients {
+                return Err(OfferError::TooManyViewers);
+            }
+            slots.insert(id.clone(), Slot { close: Some(close_tx) });
+            inner.media.metrics.active_clients.set(slots.len() as i64);
+        }
+        let (answer_tx, answer_rx) = std::sync::mpsc::sync_channel(1);
+        let task_inner = inner.clone();
+        let offer = offer_sdp.to_string();
+        let task_id = id.clone();
+        inner.handle.spawn(async move {
+            viewer::run(task_inner, task_id, offer, choice, answer_tx, close_rx).await;
+        });
+        let result = match answer_rx.recv_timeout(OFFER_TIMEOUT) {
+            Ok(result) => result,
+            Err(_) => Err(OfferError::Internal("negotiation timed out".into())),
+        };
+        match result {
+            Ok(answer_sdp) => {
+                inner.media.metrics.total_clients.inc();
+                Ok(Session { id, answer_sdp })
+            }
+            Err(error) => {
+                // The task frees the slot itself too; doing it here makes the
+                // refusal visible to the next offer at once.
+                inner.release(&id);
+                if matches!(error, OfferError::Internal(_)) {
+                    inner.media.metrics.webrtc_errors.inc();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Ends a viewer at once (WHEP DELETE); false if unknown.
+    pub fn close(&self, session_id: &str) -> bool {
+        self.inner.release(session_id)
+    }
+
+    /// Viewers connected or negotiating now (each holds a slot).
+    pub fn count(&self) -> usize {
+        self.inner.slots().len()
+    }
+
+    /// Counters (packetize-once, keyframe restarts).
+    pub fn stats(&self) -> ViewerStats {
+        ViewerStats {
+            packetized: self.inner.cache.packetized(),
+            cache_hits: self.inner.cache.hits(),
+            keyframe_restarts: self.inner.keyframe_restarts.load(Ordering::Relaxed),
+            connected: self.inner.connected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every viewer; returns within about half a second.
+    pub fn close_all(&self) {
+        let ids: Vec<String> = self.inner.slots().keys().cloned().collect();
+        for id in &ids {
+            self.inner.release(id);
+        }
+        // Viewer tasks close their peer connections (DTLS close_notify) in
+        // the background; give them a moment, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_millis(400);
+        while viewer::live_tasks() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    async fn close_all_async(&self) {
+        let ids: Vec<String> = self.inner.slots().keys().cloned().collect();
+        for id in &ids {
+            self.inner.release(id);
+        }
+    }
+
+    /// Viewer tasks alive now, in the whole process (a leak check for tests).
+    pub fn live_tasks() -> usize {
+        viewer::live_tasks()
+    }
+}
+
+/// 128 random bits from the OS, hex: session ids must not be guessable,
+/// since knowing one lets a client end that viewer (WHEP DELETE).
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_err() {
+        // No /dev/urandom (never on the boards): fall back to std's
+        // per-process random hasher keys.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(std::time::SystemTime::now().elapsed().unwrap_or_default().as_nanos());
+            chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random u32 (SSRCs, initial sequence numbers and timestamps).
+pub(crate) fn random_u32() -> u32 {
+    let id = random_id();
+    u32::from_str_radix(&id[..8], 16).unwrap_or(0x5eed_1234)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        assert_eq!(parse_port_range("").unwrap(), None);
+        assert_eq!(parse_port_range("50000-50100").unwrap(), Some((50000, 50100)));
+        assert!(parse_port_range("50100-50000").is_err());
+        assert!(parse_port_range("x").is_err());
+        assert_eq!(parse_ips("127.0.0.1, ::1").unwrap().len(), 2);
+        assert!(parse_ips("nope").is_err());
+        assert_eq!(parse_stun("stun.example:3478,stun:a:1"), vec!["stun:stun.example:3478", "stun:a:1"]);
+    }
+
+    #[test]
+    fn session_ids_are_random_hex() {
+        let (a, b) = (random_id(), random_id());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

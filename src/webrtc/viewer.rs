@@ -1,0 +1,549 @@
+//! One viewer: its peer connection, its hub subscription and its send loop.
+//! Runs as a task on the [`super::Viewers`] runtime; see the module doc of
+//! [`super`] for the sequence.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use tokio::sync::{mpsc, oneshot, watch};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{
+    configure_nack, configure_rtcp_reports, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
+};
+use webrtc::runtime::TokioRuntime;
+
+use super::negotiate::{self, Choice};
+use super::packetizer::PacketizedAu;
+use super::{Inner, OfferError};
+use crate::h264::AccessUnit;
+use crate::hub::{StartAt, SubscribeOptions, Subscription};
+
+static LIVE_TASKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Viewer tasks alive in this process.
+pub fn live_tasks() -> usize {
+    LIVE_TASKS.load(Ordering::SeqCst)
+}
+
+struct LiveGuard;
+
+impl LiveGuard {
+    fn new() -> LiveGuard {
+        LIVE_TASKS.fetch_add(1, Ordering::SeqCst);
+        LiveGuard
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        LIVE_TASKS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Peer connection events, as watch channels the viewer task reads.
+struct Handler {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+}
+
+/// Hands inbound PLI/FIR to the application (the track's event stream) and
+/// lets every other RTCP packet end with the interceptors that use it
+/// (receiver reports, NACKs). Placed application-most, after those.
+#[derive(Default)]
+struct KeyframeRequests {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>())
+                .cloned()
+                .collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            msg.message.packet = Packet::Rtcp(requests);
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+fn internal(what: &str) -> impl Fn(webrtc::error::Error) -> OfferError + '_ {
+    move |e| OfferError::Internal(format!("{what}: {e}"))
+}
+
+/// The codec we register: exactly the offered one, so the `rtc` matcher
+/// takes its exact path (its MIME-only fallback is what produced malformed
+/// answers).
+fn codec(choice: &Choice) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: choice.offered_fmtp.clone(),
+        rtcp_feedback: vec![RTCPFeedback { typ: "ccm".into(), parameter: "fir".into() }],
+    }
+}
+
+async fn build_peer_connection(
+    inner: &Inner,
+    choice: &Choice,
+    handler: Arc<Handler>,
+    addrs: Vec<SocketAddr>,
+) -> Result<impl PeerConnection, webrtc::error::Error> {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_codec(
+        RTCRtpCodecParameters { rtp_codec: codec(choice), payload_type: choice.payload_type },
+        RtpCodecKind::Video,
+    )?;
+    // NACK responder + generator, sender/receiver reports; then the PLI/FIR
+    // hand-off, application-most. No TWCC/REMB: the camera's bitrate is not
+    // ours to change.
+    let registry = configure_nack(Registry::new(), &mut media_engine);
+    let registry = configure_rtcp_reports(registry);
+    let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
+    let loopback = inner.config.ips.iter().any(|ip| ip.is_loopback());
+    let setting_engine = SettingEngineBuilder::new()
+        .with_ice_timeouts(
+            Some(super::ICE_DISCONNECTED_TIMEOUT),
+            Some(super::ICE_FAILED_TIMEOUT),
+            Some(Duration::from_millis(500)),
+        )
+        .with_include_loopback_candidate(loopback)
+        .build();
+    let ice_servers = if inner.config.stun.is_empty() {
+        Vec::new()
+    } else {
+        vec![RTCIceServer { urls: inner.config.stun.clone(), ..Default::default() }]
+    };
+    let configuration = RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build();
+    PeerConnectionBuilder::new()
+        .with_configuration(configuration)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(setting_engine)
+        .with_handler(handler)
+        .with_runtime(Arc::new(TokioRuntime))
+        .with_udp_addrs(addrs)
+        .build()
+        .await
+}
+
+/// A negotiated peer connection and what the send loop needs of it.
+struct Negotiated {
+    track: Arc<TrackLocalStaticRTP>,
+    payload_type: u8,
+    ssrc: u32,
+    answer: String,
+}
+
+async fn negotiate(
+    inner: &Inner,
+    pc: &dyn PeerConnection,
+    offer: String,
+    choice: &Choice,
+    mut gathered: watch::Receiver<bool>,
+) -> Result<Negotiated, OfferError> {
+    let ssrc = super::random_u32();
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "camera".into(),
+        "camera-video".into(),
+        "camera".into(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec: codec(choice),
+            ..Default::default()
+        }],
+    )));
+    let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(internal("add_track"))?;
+    let offer = RTCSessionDescription::offer(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
+    pc.set_remote_description(offer).await.map_err(|e| OfferError::BadSdp(e.to_string()))?;
+    let answer = pc.create_answer(None).await.map_err(internal("create_answer"))?;
+    pc.set_local_description(answer).await.map_err(internal("set_local_description"))?;
+    // Host candidates are gathered at once; only STUN can take long. Bound
+    // the wait and answer with what we have.
+    if tokio::time::timeout(super::GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await.is_err() {
+        log::warn!(
+            "webrtc: ICE gathering not complete after {:?}; answering with host candidates",
+            super::GATHER_TIMEOUT
+        );
+    }
+    let local = pc.local_description().await.ok_or_else(|| OfferError::Internal("no local description".into()))?;
+    let answer = negotiate::finish_answer(&local.sdp, choice);
+    negotiate::check_answer(&answer, choice).map_err(|e| {
+        inner.media.metrics.webrtc_errors.inc();
+        OfferError::Internal(format!("the answer came out malformed: {e}"))
+    })?;
+    let payload_type = match sender.get_parameters().await {
+        Ok(parameters) => parameters.rtp_parameters.codecs.first().map_or(choice.payload_type, |c| c.payload_type),
+        Err(_) => choice.payload_type,
+    };
+    Ok(Negotiated { track, payload_type, ssrc, answer })
+}
+
+/// The whole life of one viewer.
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    id: String,
+    offer: String,
+    choice: Choice,
+    answer_tx: SyncSender<Result<String, OfferError>>,
+    close_rx: oneshot::Receiver<()>,
+) {
+    let _live = LiveGuard::new();
+    let short = id[..8.min(id.len())].to_string();
+    let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+    let (gathered_tx, gathered_rx) = watch::channel(false);
+    let handler = Arc::new(Handler { state: state_tx, gathered: gathered_tx });
+
+    let mut built = None;
+    let mut last_error = None;
+    for addrs in inner.bind_addrs() {
+        match build_peer_connection(&inner, &choice, handler.clone(), addrs).await {
+            Ok(pc) => {
+                built = Some(pc);
+                break;
+            }
+            // A port of the range in use: try the next.
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some(pc) = built else {
+        let why = last_error.map_or("no addresses to bind".to_string(), |e| e.to_string());
+        let _ = answer_tx.send(Err(OfferError::Internal(format!("peer connection: {why}"))));
+        inner.release(&id);
+        return;
+    };
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+    let negotiated = negotiate(&inner, pc.as_ref(), offer, &choice, gathered_rx).await;
+    let negotiated = match negotiated {
+        Ok(n) => n,
+        Err(error) => {
+            let _ = answer_tx.send(Err(error));
+            close(&pc).await;
+            inner.release(&id);
+            return;
+        }
+    };
+    if answer_tx.send(Ok(negotiated.answer.clone())).is_err() {
+        // The control plane gave up waiting; nobody will get this answer.
+        close(&pc).await;
+        inner.release(&id);
+        return;
+    }
+    log::info!("webrtc: viewer {short} negotiated (PT {}, {})", negotiated.payload_type, choice.answer_fmtp);
+    let outcome = serve(&inner, &id, &negotiated, state_rx, close_rx).await;
+    match &outcome {
+        Ok(why) => log::info!("webrtc: viewer {short} ended: {why}"),
+        Err(why) => {
+            inner.media.metrics.webrtc_errors.inc();
+            log::warn!("webrtc: viewer {short} failed: {why}");
+        }
+    }
+    close(&pc).await;
+    inner.release(&id);
+    inner.forget_usage(&id);
+}
+
+/// Closes a peer connection, bounded: a stuck close must not keep a slot.
+async fn close(pc: &Arc<dyn PeerConnection>) {
+    if tokio::time::timeout(Duration::from_secs(1), pc.close()).await.is_err() {
+        log::warn!("webrtc: peer connection close timed out");
+    }
+}
+
+/// RTP header state of one viewer.
+struct Stamp {
+    ssrc: u32,
+    payload_type: u8,
+    seq: u16,
+    /// Viewer timestamp minus camera timestamp (wrapping).
+    offset: Option<u32>,
+    last: Option<u32>,
+    /// Frames still to send as catch-up (from the GOP cache).
+    catchup: usize,
+}
+
+impl Stamp {
+    /// The RTP timestamp for a frame captured at `camera` (90 kHz).
+    /// Catch-up frames are 1 tick apart, so the browser shows the newest of
+    /// them at once; live frames keep the capture cadence. Never goes back.
+    fn timestamp(&mut self, camera: u32) -> u32 {
+        let ts = match (self.catchup, self.offset, self.last) {
+            (1.., _, last) => {
+                self.catchup -= 1;
+                last.map_or_else(super::random_u32, |l| l.wrapping_add(1))
+            }
+            (0, Some(offset), Some(last)) => {
+                let ts = camera.wrapping_add(offset);
+                // Capture times went back or jumped (camera restart): stay
+                // monotonic, a frame interval after the last one.
+                let step = ts.wrapping_sub(last) as i32;
+                if step <= 0 || step > 90_000 * 10 {
+                    last.wrapping_add(3000)
+                } else {
+                    ts
+                }
+            }
+            (0, _, last) => last.map_or_else(super::random_u32, |l| l.wrapping_add(3000)),
+        };
+        self.offset = Some(ts.wrapping_sub(camera));
+        self.last = Some(ts);
+        ts
+    }
+
+    fn packets<'a>(&'a mut self, au: &'a PacketizedAu) -> impl Iterator<Item = rtc::rtp::Packet> + 'a {
+        let timestamp = self.timestamp(au.rtp_time);
+        let count = au.payloads.len();
+        au.payloads.iter().enumerate().map(move |(i, payload)| {
+            let sequence_number = self.seq;
+            self.seq = self.seq.wrapping_add(1);
+            rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == count,
+                    payload_type: self.payload_type,
+                    sequence_number,
+                    timestamp,
+                    ssrc: self.ssrc,
+                    ..Default::default()
+                },
+                payload: payload.clone(),
+            }
+        })
+    }
+}
+
+fn subscribe(inner: &Inner, short: &str) -> Subscription {
+    inner.media.hub.subscribe(SubscribeOptions {
+        name: format!("viewer {short}"),
+        capacity: super::VIEWER_QUEUE_FRAMES,
+        start: StartAt::GopCache,
+        dropped_metric: Some(inner.media.metrics.webrtc_frames_dropped.clone()),
+    })
+}
+
+/// Waits for DTLS, then sends frames until the viewer goes. Ok(reason) for
+/// an orderly end.
+async fn serve(
+    inner: &Inner,
+    id: &str,
+    negotiated: &Negotiated,
+    mut state_rx: watch::Receiver<RTCPeerConnectionState>,
+    mut close_rx: oneshot::Receiver<()>,
+) -> Result<String, String> {
+    let short = &id[..8.min(id.len())];
+    let shutdown = inner.shutdown.clone();
+    let connect = async {
+        loop {
+            match *state_rx.borrow_and_update() {
+                RTCPeerConnectionState::Connected => return Ok(()),
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    return Err("connection failed before it came up".to_string())
+                }
+                _ => {}
+            }
+            if state_rx.changed().await.is_err() {
+                return Err("peer connection went away".to_string());
+            }
+        }
+    };
+    let started = Instant::now();
+    tokio::select! {
+        _ = &mut close_rx => return Ok("closed before connecting".into()),
+        _ = shutdown.wait() => return Ok("shutdown".into()),
+        result = tokio::time::timeout(super::CONNECT_TIMEOUT, connect) => match result {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(why),
+            Err(_) => return Err(format!("not connected after {:?}", super::CONNECT_TIMEOUT)),
+        },
+    }
+    inner.connected.fetch_add(1, Ordering::Relaxed);
+    log::info!("webrtc: viewer {short} connected in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+
+    // PLI/FIR arrive on the track's event stream; a small task turns them
+    // into a bounded signal (one pending request is as good as many).
+    let (keyframe_tx, mut keyframe_rx) = mpsc::channel::<()>(1);
+    let track = negotiated.track.clone();
+    let feedback = tokio::spawn(async move {
+        while let Some(event) = track.poll().await {
+            if let TrackLocalEvent::OnRtcpPacket(_) = event {
+                let _ = keyframe_tx.try_send(());
+            }
+        }
+    });
+
+    let mut subscription = subscribe(inner, short);
+    let mut stamp = Stamp {
+        ssrc: negotiated.ssrc,
+        payload_type: negotiated.payload_type,
+        seq: super::random_u32() as u16,
+        offset: None,
+        last: None,
+        catchup: subscription.frames.len(),
+    };
+    let mut last_restart = Instant::now();
+    let mut last_usage = Instant::now();
+    let mut first_frame_logged = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = &mut close_rx => break Ok("closed".to_string()),
+            _ = shutdown.wait() => break Ok("shutdown".to_string()),
+            changed = state_rx.changed() => {
+                if changed.is_err() {
+                    break Ok("peer connection went away".to_string());
+                }
+                let state = *state_rx.borrow_and_update();
+                if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
+                    break Ok(format!("connection {state}"));
+                }
+            }
+            Some(()) = keyframe_rx.recv() => {
+                if last_restart.elapsed() >= super::KEYFRAME_RESTART_INTERVAL {
+                    last_restart = Instant::now();
+                    drop(subscription);
+                    subscription = subscribe(inner, short);
+                    stamp.catchup = subscription.frames.len();
+                    inner.keyframe_restarts.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("webrtc: viewer {short} asked for a keyframe: restarting from the cached IDR");
+                }
+            }
+            frame = subscription.frames.recv_async() => {
+                let Ok(au) = frame else { break Err("the hub went away".to_string()) };
+                if let Err(why) = send(inner, &negotiated.track, &mut stamp, &au).await {
+                    break Err(why);
+                }
+                if !first_frame_logged {
+                    first_frame_logged = true;
+                    log::debug!("webrtc: viewer {short} first frame sent {:.0} ms after connect", started.elapsed().as_secs_f64() * 1e3);
+                }
+                if last_usage.elapsed() >= Duration::from_millis(500) {
+                    last_usage = Instant::now();
+                    inner.report_usage(id, subscription.usage_percent());
+                }
+            }
+        }
+    };
+    feedback.abort();
+    result
+}
+
+/// Sends one access unit: the shared packets with this viewer's header.
+async fn send(inner: &Inner, track: &TrackLocalStaticRTP, stamp: &mut Stamp, au: &AccessUnit) -> Result<(), String> {
+    let packets = inner.cache.get(au);
+    for packet in stamp.packets(&packets) {
+        track.write_rtp(packet).await.map_err(|e| format!("write_rtp: {e}"))?;
+    }
+    inner.media.metrics.webrtc_frames_sent.inc();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(catchup: usize) -> Stamp {
+        Stamp { ssrc: 1, payload_type: 96, seq: 0, offset: None, last: None, catchup }
+    }
+
+    #[test]
+    fn catch_up_frames_are_packed_then_live_keeps_cadence() {
+        let mut s = stamp(3);
+        let a = s.timestamp(1000);
+        let b = s.timestamp(4000);
+        let c = s.timestamp(7000);
+        assert_eq!((b.wrapping_sub(a), c.wrapping_sub(b)), (1, 1));
+        let d = s.timestamp(10_000);
+        assert_eq!(d.wrapping_sub(c), 3000, "live frames keep the camera's spacing");
+        // A restart from the cache: older capture times, still monotonic.
+        s.catchup = 2;
+        let e = s.timestamp(1000);
+        let f = s.timestamp(4000);
+        assert_eq!((e.wrapping_sub(d), f.wrapping_sub(e)), (1, 1));
+        let g = s.timestamp(13_000);
+        assert_eq!(g.wrapping_sub(f), 9000);
+        // Capture time going backwards (camera restart): still forward.
+        let h = s.timestamp(5);
+        assert_eq!(h.wrapping_sub(g), 3000);
+    }
+
+    #[test]
+    fn headers_are_stamped_per_viewer() {
+        let au = PacketizedAu {
+            seq: 0,
+            rtp_time: 0,
+            payloads: vec![bytes::Bytes::from_static(b"\x65a"), bytes::Bytes::from_static(b"\x65b")],
+            bytes: 4,
+        };
+        let mut s = Stamp { ssrc: 7, payload_type: 102, seq: u16::MAX, offset: None, last: None, catchup: 0 };
+        let packets: Vec<_> = s.packets(&au).collect();
+        assert_eq!(packets.len(), 2);
+        assert_eq!((packets[0].header.sequence_number, packets[1].header.sequence_number), (u16::MAX, 0));
+        assert!(!packets[0].header.marker && packets[1].header.marker);
+        assert!(packets.iter().all(|p| p.header.ssrc == 7 && p.header.payload_type == 102));
+        assert_eq!(packets[0].payload.as_ptr(), au.payloads[0].as_ptr(), "payloads are shared, not copied");
+    }
+}

@@ -1,0 +1,193 @@
+//! A real WebRTC receiver (the `webrtc` crate as the client) for the
+//! viewer tests: offers H.264 like a browser, depacketizes the RTP it gets
+//! with the `rtc` crate's own H.264 depacketizer, and hands out whole frames.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::rtp::packetizer::Depacketizer;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use streaming_server::h264::{nal_type, nal_unit_type, split_annexb};
+use tokio::sync::watch;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+};
+use webrtc::runtime::TokioRuntime;
+
+/// Chrome's H.264 payload types and fmtp lines (Chrome 120s, Linux).
+pub const CHROME_H264: &[(u8, &str)] = &[
+    (102, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f"),
+    (104, "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f"),
+    (106, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
+    (108, "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f"),
+    (127, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f"),
+    (112, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f"),
+];
+
+/// One received access unit.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub timestamp: u32,
+    pub nals: Vec<Bytes>,
+    pub received: Instant,
+    /// A sequence-number gap inside or before this frame.
+    pub damaged: bool,
+}
+
+struct Handler {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+    frames: flume::Sender<Frame>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.state.send_replace(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let frames = self.frames.clone();
+        tokio::spawn(async move {
+            let mut depacketizer = rtc::rtp::codec::h264::H264Packet::default();
+            let mut annexb = BytesMut::new();
+            let mut last_seq: Option<u16> = None;
+            let mut damaged = false;
+            while let Some(event) = track.poll().await {
+                let TrackRemoteEvent::OnRtpPacket(packet) = event else { continue };
+                let seq = packet.header.sequence_number;
+                if last_seq.is_some_and(|l| l.wrapping_add(1) != seq) {
+                    damaged = true;
+                }
+                last_seq = Some(seq);
+                match depacketizer.depacketize(&packet.payload) {
+                    Ok(out) => annexb.extend_from_slice(&out),
+                    Err(_) => damaged = true,
+                }
+                if packet.header.marker {
+                    let data = annexb.split().freeze();
+                    let nals = split_annexb(&data).into_iter().map(|r| data.slice(r)).collect();
+                    let frame = Frame {
+                        timestamp: packet.header.timestamp,
+                        nals,
+                        received: Instant::now(),
+                        damaged: std::mem::take(&mut damaged),
+                    };
+                    if frames.send(frame).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A receiving peer connection.
+pub struct Client {
+    pub pc: Arc<dyn PeerConnection>,
+    pub frames: flume::Receiver<Frame>,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    pub offer: String,
+}
+
+impl Client {
+    /// Builds a receiver on 127.0.0.1 offering `h264` (payload type, fmtp)
+    /// and returns it with its complete offer (candidates included).
+    pub async fn new(h264: &[(u8, &str)]) -> Client {
+        let mut media_engine = MediaEngine::default();
+        for (pt, fmtp) in h264 {
+            media_engine
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: MIME_TYPE_H264.to_owned(),
+                            clock_rate: 90_000,
+                            channels: 0,
+                            sdp_fmtp_line: fmtp.to_string(),
+                            rtcp_feedback: vec![RTCPFeedback { typ: "ccm".into(), parameter: "fir".into() }],
+                        },
+                        payload_type: *pt,
+                    },
+                    RtpCodecKind::Video,
+                )
+                .unwrap();
+        }
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered_tx, mut gathered) = watch::channel(false);
+        let (frames_tx, frames) = flume::bounded(4096);
+        let handler = Arc::new(Handler { state: state_tx, gathered: gathered_tx, frames: frames_tx });
+        let pc = PeerConnectionBuilder::new()
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(SettingEngineBuilder::new().with_include_loopback_candidate(true).build())
+            .with_handler(handler)
+            .with_runtime(Arc::new(TokioRuntime))
+            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            .build()
+            .await
+            .expect("client peer connection");
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        pc.add_transceiver_from_kind(
+            RtpCodecKind::Video,
+            Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() }),
+        )
+        .await
+        .unwrap();
+        let offer = pc.create_offer(None).await.unwrap();
+        pc.set_local_description(offer).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), gathered.wait_for(|g| *g)).await.expect("gathering").unwrap();
+        let offer = pc.local_description().await.unwrap().sdp;
+        Client { pc, frames, state, offer }
+    }
+
+    pub async fn accept(&self, answer: String) {
+        self.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap()).await.expect("answer applies");
+    }
+
+    /// Waits for `n` frames (or the timeout).
+    pub async fn frames(&self, n: usize, timeout: Duration) -> Vec<Frame> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, self.frames.recv_async()).await {
+                Ok(Ok(frame)) => out.push(frame),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
+    }
+}
+
+/// The clip's NAL units in order, as a WebRTC receiver should see them
+/// (access unit delimiters and filler are not sent).
+pub fn clip_nals(clip: &[u8]) -> Vec<Bytes> {
+    let clip = Bytes::copy_from_slice(clip);
+    split_annexb(&clip)
+        .into_iter()
+        .map(|r| clip.slice(r))
+        .filter(|n| !matches!(nal_unit_type(n), nal_type::AUD | nal_type::FILLER))
+        .collect()
+}
+
+/// Where `received` sits in the looping clip: the index in `clip` such that
+/// `received` equals the clip from there on (wrapping), or None.
+pub fn find_in_loop(clip: &[Bytes], received: &[Bytes]) -> Option<usize> {
+    (0..clip.len()).find(|&start| received.iter().enumerate().all(|(i, nal)| clip[(start + i) % clip.len()] == *nal))
+}

@@ -1,0 +1,230 @@
+//! WebRTC viewers end to end, in process: a fake camera process writes the
+//! demo clip into a real shared-memory segment, the real media thread reads
+//! it, and real `webrtc` peers receive it over loopback through
+//! `Viewers::offer`. NAL units are compared byte for byte with the clip.
+
+mod common;
+mod webrtc_common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use streaming_server::abi::{Layout, TimeBits};
+use streaming_server::metrics::Metrics;
+use streaming_server::pipeline::{self, Media};
+use streaming_server::shm::ReaderConfig;
+use streaming_server::shutdown::{self, Shutdown, Trigger};
+use streaming_server::webrtc::{OfferError, Viewers, WebrtcConfig};
+use webrtc_common::{clip_nals, find_in_loop, Client, CHROME_H264};
+
+struct Rig {
+    _camera: common::Proc,
+    media: Media,
+    viewers: Viewers,
+    trigger: Option<Trigger>,
+    media_thread: Option<std::thread::JoinHandle<()>>,
+    shutdown: Shutdown,
+}
+
+impl Rig {
+    fn start(tag: &str, max_clients: usize) -> Rig {
+        let shm = common::unique_shm(tag);
+        let camera = common::fake_camera(&shm, &["-fps", "30"]);
+        let media = Media::new(Arc::new(Metrics::new()));
+        let (trigger, shutdown) = shutdown::channel();
+        let config = ReaderConfig { name: shm, layout: Layout::new(TimeBits::Native) };
+        let media_thread = pipeline::spawn(config, media.clone(), shutdown.clone()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while media.hub.gop_cache_len() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(media.hub.parameter_sets().is_some(), "the camera's SPS/PPS never arrived");
+        let mut config = WebrtcConfig::new(max_clients);
+        config.ips = vec!["127.0.0.1".parse().unwrap()];
+        let viewers = Viewers::new(config, media.clone(), shutdown.clone()).unwrap();
+        Rig { _camera: camera, media, viewers, trigger: Some(trigger), media_thread: Some(media_thread), shutdown }
+    }
+
+    /// `Viewers::offer` blocks: run it off the async threads, as the HTTP
+    /// worker would.
+    async fn offer(&self, sdp: &str) -> Result<streaming_server::webrtc::Session, OfferError> {
+        let viewers = self.viewers.clone();
+        let sdp = sdp.to_string();
+        tokio::task::spawn_blocking(move || viewers.offer(&sdp)).await.unwrap()
+    }
+
+    async fn connect(&self) -> (Client, String) {
+        let client = Client::new(CHROME_H264).await;
+        let session = self.offer(&client.offer).await.expect("offer accepted");
+        client.accept(session.answer_sdp).await;
+        (client, session.id)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.viewers.close_all();
+        drop(self.trigger.take());
+        if let Some(thread) = self.media_thread.take() {
+            let _ = thread.join();
+        }
+        assert!(self.shutdown.is_triggered());
+    }
+}
+
+async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_receives_the_cameras_nal_units_byte_for_byte() {
+    let rig = Rig::start("rtc_bytes", 4);
+    let (client, id) = rig.connect().await;
+    let frames = client.frames(90, Duration::from_secs(15)).await;
+    assert_eq!(frames.len(), 90, "frames received in 15 s");
+    assert!(frames.iter().all(|f| !f.damaged), "loss on loopback");
+
+    // Starts at an IDR with SPS and PPS in front, from the GOP cache.
+    let kinds: Vec<u8> = frames[0].nals.iter().map(|n| n[0] & 0x1f).collect();
+    assert_eq!(&kinds[..2], &[7, 8], "first frame starts with SPS, PPS: {kinds:?}");
+    assert!(kinds.contains(&5), "first frame is an IDR: {kinds:?}");
+
+    // Byte for byte what the camera wrote, in order.
+    let clip = clip_nals(&std::fs::read(common::demo_clip()).unwrap());
+    let received: Vec<_> = frames.iter().flat_map(|f| f.nals.iter().cloned()).collect();
+    assert!(find_in_loop(&clip, &received).is_some(), "received NAL units are not the clip's");
+
+    // RTP timestamps: never backwards; live frames 1/30 s apart on 90 kHz.
+    let steps: Vec<u32> = frames.windows(2).map(|w| w[1].timestamp.wrapping_sub(w[0].timestamp)).collect();
+    assert!(steps.iter().all(|&s| (s as i32) > 0), "timestamps must increase: {steps:?}");
+    let live = &steps[steps.len() - 30..];
+    let mean = live.iter().map(|&s| f64::from(s)).sum::<f64>() / live.len() as f64;
+    assert!((2900.0..3100.0).contains(&mean), "live spacing {mean} ticks, expected ~3000");
+
+    assert_eq!(rig.viewers.count(), 1);
+    assert!(rig.media.metrics.webrtc_frames_sent.get() >= 90);
+    assert_eq!(rig.media.metrics.active_clients.get(), 1);
+    assert!(rig.viewers.close(&id), "close frees the slot");
+    assert_eq!(rig.viewers.count(), 0);
+    assert!(!rig.viewers.close(&id), "a second close finds nothing");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_share_one_packetization_and_the_limit_holds() {
+    let rig = Rig::start("rtc_many", 3);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(rig.connect().await);
+    }
+    // A fourth is refused at once, and does not disturb the others.
+    let extra = Client::new(CHROME_H264).await;
+    let started = Instant::now();
+    assert!(matches!(rig.offer(&extra.offer).await, Err(OfferError::TooManyViewers)));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    extra.close().await;
+
+    let before = rig.viewers.stats();
+    let published_before = rig.media.hub.published();
+    for (client, _) in &clients {
+        let frames = client.frames(60, Duration::from_secs(15)).await;
+        assert_eq!(frames.len(), 60);
+        assert!(frames.iter().all(|f| !f.damaged));
+    }
+    let after = rig.viewers.stats();
+    let published = rig.media.hub.published() - published_before;
+    let packetized = after.packetized - before.packetized;
+    // Three viewers, yet each access unit was packetized about once.
+    assert!(packetized <= published + 2, "packetized {packetized} for {published} frames and 3 viewers");
+    assert!(after.cache_hits - before.cache_hits >= 2 * packetized.saturating_sub(2));
+
+    for (client, id) in &clients {
+        assert!(rig.viewers.close(id));
+        client.close().await;
+    }
+    assert_eq!(rig.viewers.count(), 0);
+    assert_eq!(rig.media.metrics.active_clients.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_offers_are_refused_with_reasons() {
+    let rig = Rig::start("rtc_bad", 2);
+    assert!(matches!(rig.offer("").await, Err(OfferError::BadSdp(_))));
+    assert!(matches!(rig.offer("this is not sdp").await, Err(OfferError::BadSdp(_))));
+    // A receiver that only speaks High profile cannot take Constrained
+    // Baseline? It can: High decoders play it. One that only offers
+    // packetization-mode=0 cannot.
+    let mode0 = Client::new(&[(97, "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f")]).await;
+    match rig.offer(&mode0.offer).await {
+        Err(OfferError::NoCompatibleCodec(why)) => assert!(why.contains("mode 0"), "{why}"),
+        other => panic!("expected NoCompatibleCodec, got {other:?}"),
+    }
+    mode0.close().await;
+    let high_only =
+        Client::new(&[(112, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f")]).await;
+    let session = rig.offer(&high_only.offer).await.expect("a High decoder plays Constrained Baseline");
+    assert!(session
+        .answer_sdp
+        .contains("a=fmtp:112 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f"));
+    high_only.close().await;
+    rig.viewers.close(&session.id);
+    assert_eq!(rig.viewers.count(), 0, "refused offers hold no slot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_viewer_frees_its_slot() {
+    let rig = Rig::start("rtc_gone", 2);
+    let (client, _id) = rig.connect().await;
+    assert_eq!(client.frames(5, Duration::from_secs(10)).await.len(), 5);
+    // The client goes away without a WHEP DELETE.
+    client.close().await;
+    drop(client);
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || rig.viewers.count() == 0).await,
+        "slot still held {:?} after the viewer left",
+        started.elapsed()
+    );
+    eprintln!("departed viewer detected in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_disconnect_churn_leaks_nothing() {
+    let cycles: usize = std::env::var("WEBRTC_CHURN_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let rig = Rig::start("rtc_churn", 64);
+    let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    // Warm up once so lazily created runtime pieces are not counted.
+    let (client, id) = rig.connect().await;
+    assert!(!client.frames(1, Duration::from_secs(10)).await.is_empty());
+    rig.viewers.close(&id);
+    client.close().await;
+    drop(client);
+    assert!(wait_until(Duration::from_secs(5), || Viewers::live_tasks() == 0).await);
+    let fds_before = fds();
+    let started = Instant::now();
+    for cycle in 0..cycles {
+        let (client, id) = rig.connect().await;
+        assert!(!client.frames(1, Duration::from_secs(10)).await.is_empty(), "cycle {cycle}: no frame");
+        // Most leave with a WHEP DELETE; every tenth just vanishes and is
+        // found gone by ICE consent.
+        if cycle % 10 != 0 {
+            assert!(rig.viewers.close(&id));
+        }
+        client.close().await;
+    }
+    assert!(wait_until(Duration::from_secs(15), || rig.viewers.count() == 0 && Viewers::live_tasks() == 0).await);
+    assert!(
+        wait_until(Duration::from_secs(5), || rig.media.hub.consumer_count() == 0).await,
+        "hub subscriptions leaked"
+    );
+    let fds_after = fds();
+    eprintln!("{cycles} cycles in {:?}; fds {fds_before} -> {fds_after}", started.elapsed());
+    assert!(fds_after <= fds_before + 4, "file descriptors leaked: {fds_before} -> {fds_after}");
+}
