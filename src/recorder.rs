@@ -1,0 +1,565 @@
+//! Recorder: the hub's access units in, raw Annex-B `.h264` files out.
+//!
+//! [`Recorder::start`] (called from a control-plane thread) creates
+//! `recording_YYYYMMDD_HHMMSS.h264` with `O_EXCL`, subscribes to the hub
+//! from its GOP cache (so the file opens with the cached IDR, SPS and PPS in
+//! front, and the seconds before `/start` are kept), and hands file and
+//! subscription to a writer thread, which owns both until the recording
+//! ends. [`Recorder::stop`] asks that thread to finish and answers once the
+//! file is flushed, `fsync`ed and closed and its directory entry `fsync`ed.
+//!
+//! Durability (the procedure in `docs/design.md`, "Recording durability"):
+//! create with `O_EXCL`, `fsync` the directory so the file's name survives a
+//! crash, write whole access units, `fdatasync` at least once a second, and
+//! on stop `sync_all`, then `fsync` the directory. A power cut loses at most
+//! the last second; what is on disk plays, because the file is only ever
+//! extended by whole access units.
+//!
+//! Overflow: the writer's queue is bounded; when the disk is slower than the
+//! camera the hub drops frames for the recorder alone up to the next IDR
+//! (counted in `streaming_consumer_frames_dropped_total{consumer="recorder"}`
+//! and in the status's `frames_dropped`); viewers and the reader never wait.
+//!
+//! Errors: a failed write or sync ends that recording only. The file is cut
+//! back to its last whole access unit, synced as far as the disk allows, the
+//! status and `/health` carry `"error"`, `streaming_recording_errors_total`
+//! counts it, and the next [`Recorder::start`] works once the cause is gone.
+//! A failed sync is not retried: after one, Linux may have dropped the dirty
+//! pages, so a retry could report success for data that is gone.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use serde::Serialize;
+
+use crate::h264::AccessUnit;
+use crate::hub::{StartAt, SubscribeOptions, Subscription, GOP_CACHE_MAX_FRAMES};
+use crate::pipeline::Media;
+
+/// Data reaches the disk at least this often while recording.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Frames the writer's queue holds: a whole cached GOP fits, so the
+/// pre-roll is never cut short by the queue.
+pub const QUEUE_FRAMES: usize = GOP_CACHE_MAX_FRAMES;
+/// Same-second starts get `_1`, `_2`, ... up to this before giving up.
+const MAX_NAME_SUFFIX: u32 = 999;
+
+/// The recording status object of `../shared/API.md`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RecordingStatus {
+    pub recording: bool,
+    /// File name inside the recording directory; empty before the first recording.
+    pub filename: String,
+    pub frame_count: u64,
+    pub bytes_written: u64,
+    /// Wall time since `/start` (until `/stop` once stopped), milliseconds.
+    pub duration_ms: u64,
+    /// RFC 3339, local time with offset; empty before the first recording.
+    pub start_time: String,
+    /// Frames the recorder lost because the disk fell behind.
+    pub frames_dropped: u64,
+    /// Why the last recording ended early, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a start or stop was refused; the control plane maps these to statuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecorderError {
+    /// 409: `/start` while recording.
+    AlreadyRecording,
+    /// 409: `/stop` while idle.
+    NotRecording,
+    /// 503: the server is shutting down.
+    ShuttingDown,
+    /// 500: the directory or file could not be created or synced.
+    Io(String),
+}
+
+impl std::fmt::Display for RecorderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecorderError::AlreadyRecording => write!(f, "already recording"),
+            RecorderError::NotRecording => write!(f, "not recording"),
+            RecorderError::ShuttingDown => write!(f, "shutting down"),
+            RecorderError::Io(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Counters the recorder adds to the shared registry.
+#[derive(Clone, Debug)]
+struct RecorderMetrics {
+    errors: IntCounterVec,
+    recordings: IntCounter,
+    dropped: IntCounter,
+}
+
+impl RecorderMetrics {
+    fn register(media: &Media) -> RecorderMetrics {
+        let registry = &media.metrics.registry;
+        // Static names and labels: construction cannot fail. Registering
+        // can, when a second Recorder shares one registry (tests); the
+        // metrics then still count, unexported.
+        let errors = IntCounterVec::new(
+            Opts::new("streaming_recording_errors_total", "Recordings ended by an I/O error, by operation"),
+            &["op"],
+        )
+        .expect("static metric");
+        let recordings = IntCounter::new("streaming_recordings_total", "Recordings started").expect("static metric");
+        // Export zeros from the start, so dashboards and alerts see the series.
+        for op in ["write", "fdatasync", "fsync", "fsync directory"] {
+            errors.with_label_values(&[op]);
+        }
+        let _ = registry.register(Box::new(errors.clone()));
+        let _ = registry.register(Box::new(recordings.clone()));
+        let dropped = media.metrics.consumer_frames_dropped.with_label_values(&["recorder"]);
+        RecorderMetrics { errors, recordings, dropped }
+    }
+}
+
+#[derive(Debug, Default)]
+struct StatusState {
+    status: RecordingStatus,
+    started: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Command {
+    /// Finish the file; the reply comes after the final syncs.
+    Stop(flume::Sender<Result<(), String>>),
+}
+
+#[derive(Debug)]
+struct Active {
+    commands: flume::Sender<Command>,
+    thread: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    media: Media,
+    metrics: RecorderMetrics,
+    /// Serialises start and stop; held across the stop's syncs, never by the
+    /// writer thread.
+    control: Mutex<Option<Active>>,
+    /// What `/status` reads; held only for copies and counter updates.
+    status: Mutex<StatusState>,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// The raw H.264 recorder; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays consistent at every await-free step, so a
+    // panic elsewhere must not take the recorder down with it.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Recorder {
+    /// A recorder writing into `dir` (created on the first start).
+    pub fn new(dir: PathBuf, media: Media) -> Recorder {
+        let metrics = RecorderMetrics::register(&media);
+        Recorder {
+            inner: Arc::new(Inner {
+                dir,
+                media,
+                metrics,
+                control: Mutex::new(None),
+                status: Mutex::new(StatusState::default()),
+                shutting_down: Default::default(),
+            }),
+        }
+    }
+
+    /// The recording directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// A snapshot of the status; never waits for I/O.
+    pub fn status(&self) -> RecordingStatus {
+        let state = lock(&self.inner.status);
+        let mut status = state.status.clone();
+        if let (true, Some(started)) = (status.recording, state.started) {
+            status.duration_ms = started.elapsed().as_millis() as u64;
+        }
+        status
+    }
+
+    /// Starts a recording; the status of the new recording.
+    pub fn start(&self) -> Result<RecordingStatus, RecorderError> {
+        let inner = &self.inner;
+        let mut control = lock(&inner.control);
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(RecorderError::ShuttingDown);
+        }
+        if let Some(active) = control.take() {
+            if !active.thread.is_finished() {
+                *control = Some(active);
+                return Err(RecorderError::AlreadyRecording);
+            }
+            // The last recording ended on an error; its thread is done.
+            let _ = active.thread.join();
+        }
+        std::fs::create_dir_all(&inner.dir)
+            .map_err(|e| RecorderError::Io(format!("cannot create {}: {e}", inner.dir.display())))?;
+        let wall = SystemTime::now();
+        let (file, name) = create_unique(&inner.dir, &local_stamp(wall))?;
+        // Make the new name durable before any data: a crash then leaves a
+        // (possibly empty) file rather than data with no name.
+        sync_dir(&inner.dir).map_err(|e| RecorderError::Io(format!("fsync {}: {e}", inner.dir.display())))?;
+        let subscription = inner.media.hub.subscribe(SubscribeOptions {
+            name: "recorder".into(),
+            capacity: QUEUE_FRAMES,
+            start: StartAt::GopCache,
+            dropped_metric: Some(inner.metrics.dropped.clone()),
+        });
+        {
+            let mut state = lock(&inner.status);
+            state.status = RecordingStatus {
+                recording: true,
+                filename: name.clone(),
+                start_time: rfc3339_local(wall),
+                ..RecordingStatus::default()
+            };
+            state.started = Some(Instant::now());
+        }
+        let (commands, command_rx) = flume::bounded(1);
+        let writer = Writer {
+            inner: inner.clone(),
+            file,
+            path: inner.dir.join(&name),
+            subscription,
+            commands: command_rx,
+            bytes: 0,
+            frames: 0,
+            dirty: false,
+            last_sync: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || writer.run())
+            .map_err(|e| RecorderError::Io(format!("cannot start the recorder thread: {e}")))?;
+        *control = Some(Active { commands, thread });
+        inner.metrics.recordings.inc();
+        inner.media.metrics.recording_active.set(1);
+        inner.media.metrics.recording_bytes.set(0);
+        inner.media.metrics.recording_frames.set(0);
+        log::info!("recording: started {}", inner.dir.join(&name).display());
+        drop(control);
+        Ok(self.status())
+    }
+
+    /// Stops the recording; returns once the file is synced and closed.
+    pub fn stop(&self) -> Result<RecordingStatus, RecorderError> {
+        let mut control = lock(&self.inner.control);
+        let Some(active) = control.take() else {
+            return Err(RecorderError::NotRecording);
+        };
+        let (reply, reply_rx) = flume::bounded(1);
+        let result = match active.commands.send(Command::Stop(reply)) {
+            // The writer ended by itself (a write error, already reported).
+            Err(_) => Err(RecorderError::NotRecording),
+            Ok(()) => match reply_rx.recv() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(RecorderError::Io(why)),
+                Err(_) => Err(RecorderError::Io("the recorder thread died".into())),
+            },
+        };
+        let _ = active.thread.join();
+        drop(control);
+        result.map(|()| self.status())
+    }
+
+    /// Ends any recording for shutdown and refuses new ones.
+    pub fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        match self.stop() {
+            Ok(status) => log::info!("recording: {} closed at shutdown", status.filename),
+            Err(RecorderError::NotRecording) => {}
+            Err(error) => log::error!("recording: at shutdown: {error}"),
+        }
+    }
+}
+
+/// The writer thread's state: owns the file and the subscription.
+struct Writer {
+    inner: Arc<Inner>,
+    file: File,
+    path: PathBuf,
+    subscription: Subscription,
+    commands: flume::Receiver<Command>,
+    /// Bytes of whole access units written so far: the file's length.
+    bytes: u64,
+    frames: u64,
+    /// Written since the last sync.
+    dirty: bool,
+    last_sync: Instant,
+}
+
+enum Event {
+    Frame(Arc<AccessUnit>),
+    Stop(flume::Sender<Result<(), String>>),
+    /// The hub or the control side went away.
+    Gone,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let frames = self.subscription.frames.clone();
+        loop {
+            let wait = SYNC_INTERVAL.saturating_sub(self.last_sync.elapsed()).max(Duration::from_millis(1));
+            let event = flume::Selector::new()
+                .recv(&frames, |r| r.map_or(Event::Gone, Event::Frame))
+                .recv(&self.commands, |r| r.map_or(Event::Gone, |Command::Stop(reply)| Event::Stop(reply)))
+                .wait_timeout(wait);
+            let outcome = match event {
+                Ok(Event::Frame(au)) => self.write(&au),
+                Ok(Event::Stop(reply)) => {
+                    let result = self.finish();
+                    let _ = reply.send(result);
+                    return;
+                }
+                Ok(Event::Gone) => {
+                    let _ = self.finish();
+                    return;
+                }
+                Err(_timeout) => Ok(()),
+            };
+            let outcome = outcome.and_then(|()| self.sync_if_due());
+            if let Err((op, error)) = outcome {
+                self.fail(op, &error);
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, au: &AccessUnit) -> Result<(), (&'static str, io::Error)> {
+        for chunk in au.annexb_chunks() {
+            self.file.write_all(chunk).map_err(|e| ("write", e))?;
+        }
+        self.bytes += au.annexb_len() as u64;
+        self.frames += 1;
+        self.dirty = true;
+        self.publish();
+        Ok(())
+    }
+
+    fn sync_if_due(&mut self) -> Result<(), (&'static str, io::Error)> {
+        if self.dirty && self.last_sync.elapsed() >= SYNC_INTERVAL {
+            self.file.sync_data().map_err(|e| ("fdatasync", e))?;
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Copies the counters to the status and the metrics.
+    fn publish(&self) {
+        let dropped = self.subscription.stats.dropped.load(Ordering::Relaxed);
+        {
+            let mut state = lock(&self.inner.status);
+            state.status.frame_count = self.frames;
+            state.status.bytes_written = self.bytes;
+            state.status.frames_dropped = dropped;
+        }
+        let metrics = &self.inner.media.metrics;
+        metrics.recording_bytes.set(self.bytes as i64);
+        metrics.recording_frames.set(self.frames as i64);
+        metrics.recorder_buffer_usage_percent.set(self.subscription.usage_percent());
+    }
+
+    /// Writes what is already queued, then syncs and closes.
+    fn finish(&mut self) -> Result<(), String> {
+        // Frames queued before the stop was asked for belong to the
+        // recording; the queue is bounded, so this ends.
+        let queued: Vec<_> = self.subscription.frames.try_iter().collect();
+        for au in queued {
+            if let Err((op, error)) = self.write(&au) {
+                let message = self.fail(op, &error);
+                return Err(message);
+            }
+        }
+        let result = self
+            .file
+            .sync_all()
+            .map_err(|e| ("fsync", e))
+            .and_then(|()| sync_dir(&self.inner.dir).map_err(|e| ("fsync directory", e)));
+        if let Err((op, error)) = result {
+            return Err(self.fail(op, &error));
+        }
+        self.end(None);
+        log::info!(
+            "recording: stopped {} ({} frames, {} bytes, {} dropped)",
+            self.path.display(),
+            self.frames,
+            self.bytes,
+            self.subscription.stats.dropped.load(Ordering::Relaxed)
+        );
+        Ok(())
+    }
+
+    /// Ends the recording on an I/O error: cut the file back to whole access
+    /// units, sync what the disk takes, report. Returns the message.
+    fn fail(&mut self, op: &'static str, error: &io::Error) -> String {
+        let message = format!("{op} {}: {error}", self.path.display());
+        log::error!("recording: {message}; recording stopped");
+        // Shrinking needs no space, so this works on a full disk; the file
+        // then ends with a whole access unit and still plays.
+        if let Err(e) = self.file.set_len(self.bytes) {
+            log::warn!("recording: cannot truncate {} after the error: {e}", self.path.display());
+        }
+        let _ = self.file.sync_all();
+        let _ = sync_dir(&self.inner.dir);
+        self.inner.metrics.errors.with_label_values(&[op]).inc();
+        self.end(Some(message.clone()));
+        message
+    }
+
+    fn end(&mut self, error: Option<String>) {
+        self.publish();
+        {
+            let mut state = lock(&self.inner.status);
+            state.status.recording = false;
+            state.status.error = error;
+            if let Some(started) = state.started.take() {
+                state.status.duration_ms = started.elapsed().as_millis() as u64;
+            }
+        }
+        let metrics = &self.inner.media.metrics;
+        metrics.recording_active.set(0);
+        metrics.recorder_buffer_usage_percent.set(0);
+    }
+}
+
+/// Creates `<stem>.h264`, or `<stem>_1.h264`, ... with `O_EXCL`, so two
+/// starts in one second never share (or overwrite) a file.
+fn create_unique(dir: &Path, stem: &str) -> Result<(File, String), RecorderError> {
+    for n in 0..=MAX_NAME_SUFFIX {
+        let name = if n == 0 { format!("{stem}.h264") } else { format!("{stem}_{n}.h264") };
+        match OpenOptions::new().write(true).create_new(true).mode(0o644).open(dir.join(&name)) {
+            Ok(file) => return Ok((file, name)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(RecorderError::Io(format!("cannot create {}: {e}", dir.join(&name).display()))),
+        }
+    }
+    Err(RecorderError::Io(format!("{stem}_*.h264: more than {MAX_NAME_SUFFIX} files this second")))
+}
+
+/// fsync on the directory, so a created file's name is durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Local broken-down time and UTC offset in seconds.
+fn local_tm(wall: SystemTime) -> (libc::tm, i64) {
+    let secs = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`, which is plain data for
+    // which all-zero bytes are a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    if !ok {
+        // SAFETY: as above; gmtime_r of a valid time_t does not fail in practice.
+        unsafe { libc::gmtime_r(&secs, &mut tm) };
+        return (tm, 0);
+    }
+    let offset = tm.tm_gmtoff;
+    (tm, offset)
+}
+
+/// `recording_YYYYMMDD_HHMMSS` in local time, like the Go server.
+fn local_stamp(wall: SystemTime) -> String {
+    let (tm, _) = local_tm(wall);
+    format!(
+        "recording_{:04}{:02}{:02}_{:02}{:02}{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// RFC 3339 in local time with its offset, milliseconds included.
+fn rfc3339_local(wall: SystemTime) -> String {
+    let (tm, offset) = local_tm(wall);
+    let millis = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
+    let zone = if offset == 0 {
+        "Z".to_string()
+    } else {
+        let sign = if offset < 0 { '-' } else { '+' };
+        let abs = offset.unsigned_abs();
+        format!("{sign}{:02}:{:02}", abs / 3600, abs % 3600 / 60)
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{millis:03}{zone}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn same_second_names_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_a, first) = create_unique(dir.path(), "recording_20250101_000000").unwrap();
+        let (_b, second) = create_unique(dir.path(), "recording_20250101_000000").unwrap();
+        let (_c, third) = create_unique(dir.path(), "recording_20250101_000000").unwrap();
+        assert_eq!(first, "recording_20250101_000000.h264");
+        assert_eq!(second, "recording_20250101_000000_1.h264");
+        assert_eq!(third, "recording_20250101_000000_2.h264");
+    }
+
+    #[test]
+    fn timestamps_have_the_documented_shapes() {
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(1_766_788_231_042);
+        let stamp = local_stamp(wall);
+        assert_eq!(stamp.len(), "recording_20251226_223031".len(), "{stamp}");
+        assert!(stamp.starts_with("recording_20251"), "{stamp}");
+        let rfc = rfc3339_local(wall);
+        assert_eq!(&rfc[10..11], "T", "{rfc}");
+        assert_eq!(&rfc[19..23], ".042", "{rfc}");
+        assert!(rfc.ends_with('Z') || rfc[23..].len() == 6, "{rfc}");
+    }
+
+    #[test]
+    fn stop_while_idle_and_start_twice_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let media = Media::new(Arc::new(Metrics::new()));
+        let recorder = Recorder::new(dir.path().join("rec"), media.clone());
+        assert_eq!(recorder.stop(), Err(RecorderError::NotRecording));
+        let status = recorder.start().unwrap();
+        assert!(status.recording);
+        assert_eq!(recorder.start(), Err(RecorderError::AlreadyRecording));
+        assert_eq!(media.metrics.recording_active.get(), 1);
+        let stopped = recorder.stop().unwrap();
+        assert!(!stopped.recording);
+        assert_eq!(stopped.bytes_written, 0);
+        assert_eq!(std::fs::metadata(dir.path().join("rec").join(&stopped.filename)).unwrap().len(), 0);
+        assert_eq!(media.metrics.recording_active.get(), 0);
+        recorder.shutdown();
+        assert_eq!(recorder.start(), Err(RecorderError::ShuttingDown));
+    }
+}

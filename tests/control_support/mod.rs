@@ -1,0 +1,225 @@
+//! HTTP helpers shared by the control-plane, recorder and observability
+//! tests: a plain client (ureq) and a raw-socket one for what a well-behaved
+//! client would never send.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    /// Asserts an error answer: the status, JSON content type, an "error" string.
+    pub fn assert_json_error(&self, status: u16) {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
+        assert!(self.json()["error"].is_string(), "{}", self.text());
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
+}
+
+/// One request with ureq; any status is an answer, not an error.
+pub fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
+    let mut request = agent().request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let result = match body {
+        Some(body) => request.send_bytes(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .map(|name| {
+            let value = response.header(&name).unwrap_or("").to_string();
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    let mut body = Vec::new();
+    response.into_reader().take(64 << 20).read_to_end(&mut body).expect("read body");
+    Answer { status, headers, body }
+}
+
+pub fn get(url: &str) -> Answer {
+    call("GET", url, &[], None)
+}
+
+pub fn post(url: &str, body: &[u8]) -> Answer {
+    call("POST", url, &[], Some(body))
+}
+
+/// Sends `raw` bytes as they are and reads the answer until the server
+/// closes or `timeout` passes. Returns the status (0 if none) and all text.
+pub fn raw(addr: SocketAddr, raw: &[u8], timeout: Duration) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.write_all(raw).expect("send");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when running in CI, where a missing tool must fail the test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether `tool` runs; in CI its absence fails the test, elsewhere the
+/// caller skips with a loud message.
+pub fn have_tool(tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(!in_ci(), "{tool} is missing in CI (scripts/test.sh installs it)");
+        eprintln!("SKIPPING: {tool} is not installed");
+    }
+    ok
+}
+
+/// `ffmpeg -v error` decoding the whole file: no output means no errors.
+pub fn ffmpeg_errors(path: &Path) -> String {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-f", "h264", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Frames ffprobe counts, and whether the first one is a keyframe.
+pub fn ffprobe_frames(path: &Path) -> (u64, bool) {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-f", "h264", "-select_streams", "v:0", "-show_entries", "frame=key_frame,pict_type"])
+        .args(["-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let first_key = lines.first().is_some_and(|l| l.starts_with("1,I") || l.starts_with("1"));
+    (lines.len() as u64, first_key)
+}
+
+/// Checks that `recording` is a run of consecutive access units of the
+/// looped `clip`, starting at one of its IDRs and ending on an access-unit
+/// boundary. Returns the number of access units.
+pub fn assert_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
+    let units: Vec<&[u8]> =
+        streaming_server::h264::split_access_units(clip).into_iter().map(|r| &clip[r]).collect();
+    assert!(!units.is_empty());
+    let is_idr = |au: &[u8]| {
+        streaming_server::h264::split_annexb(au)
+            .into_iter()
+            .any(|r| streaming_server::h264::nal_unit_type(&au[r]) == streaming_server::h264::nal_type::IDR)
+    };
+    let start = (0..units.len())
+        .find(|&i| is_idr(units[i]) && recording.starts_with(units[i]))
+        .unwrap_or_else(|| panic!("the recording does not start with an IDR access unit of the clip"));
+    let (mut offset, mut count, mut i) = (0usize, 0u64, start);
+    while offset < recording.len() {
+        let au = units[i % units.len()];
+        let end = offset + au.len();
+        assert!(end <= recording.len(), "the recording ends inside access unit {count} (clip AU {})", i % units.len());
+        assert!(
+            recording[offset..end] == *au,
+            "access unit {count} of the recording differs from clip AU {} (skipped or repeated frame?)",
+            i % units.len()
+        );
+        offset = end;
+        count += 1;
+        i += 1;
+    }
+    count
+}
+
+/// The only file in `dir`.
+pub fn only_file(dir: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir).expect("read dir").map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+/// Parses the Prometheus text format: `name{labels}` -> value. Panics on a
+/// line that is neither a comment nor a sample.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {line:?}"));
+        let name_end = key.find('{').unwrap_or(key.len());
+        let name = &key[..name_end];
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if name_end < key.len() {
+            assert!(key.ends_with('}'), "bad labels in {line:?}");
+        }
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            other => other.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        samples.insert(key.to_string(), value);
+    }
+    samples
+}
