@@ -58,6 +58,14 @@ pub struct Args {
     /// candidates always work).
     #[arg(long, default_value = "")]
     pub stun: String,
+    /// UDP ports WebRTC viewers may use, LOW-HIGH (e.g. 50000-50100) for a
+    /// firewalled board; any free port when empty.
+    #[arg(long = "udp-port-range", default_value = "")]
+    pub udp_port_range: String,
+    /// Local IPs to offer WebRTC host candidates on, comma separated; all
+    /// interfaces but loopback when empty (name 127.0.0.1 to add loopback).
+    #[arg(long = "webrtc-ip", default_value = "")]
+    pub webrtc_ip: String,
     /// debug, info, warn, error or silent; RUST_LOG overrides.
     #[arg(long = "log-level", value_enum, default_value = "info")]
     pub log_level: LogLevel,
