@@ -24,7 +24,9 @@ fn python() -> Option<PathBuf> {
             panic!("STREAMING_TEST_PYTHON is not set (scripts/test.sh sets it to the Flask venv)")
         }
         None => {
-            eprintln!("SKIPPED companion tests: set STREAMING_TEST_PYTHON to a Python with Flask (scripts/test.sh does)");
+            eprintln!(
+                "SKIPPED companion tests: set STREAMING_TEST_PYTHON to a Python with Flask (scripts/test.sh does)"
+            );
             None
         }
     }
@@ -39,6 +41,10 @@ struct Companion {
 
 impl Companion {
     fn start(python: &PathBuf, streamer_url: &str, timeout_secs: &str) -> Companion {
+        Companion::start_with(python, streamer_url, timeout_secs, &[])
+    }
+
+    fn start_with(python: &PathBuf, streamer_url: &str, timeout_secs: &str, envs: &[(&str, &str)]) -> Companion {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/companion/app.py");
         let mut child = Command::new(python)
             .arg(script)
@@ -46,6 +52,7 @@ impl Companion {
             .env("STREAMER_URL", streamer_url)
             .env("STREAMER_PUBLIC_URL", "http://camera.test:8081")
             .env("STREAMER_TIMEOUT", timeout_secs)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -79,9 +86,16 @@ impl Drop for Companion {
 
 /// One HTTP/1.1 exchange: (status, content type, body).
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    http_body(addr, method, path, "")
+}
+
+fn http_body(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read the answer");
@@ -101,24 +115,27 @@ fn json(body: &str) -> Value {
 }
 
 fn streamer(dir: &std::path::Path) -> (common::Proc, Server) {
+    streamer_with(dir, &[])
+}
+
+fn streamer_with(dir: &std::path::Path, extra: &[&str]) -> (common::Proc, Server) {
     let shm = unique_shm("companion");
     let camera = fake_camera(&shm, &[]);
     let recordings = dir.join("recordings");
-    let server = Server::start(
-        &[
-            "-shm",
-            &shm,
-            "-http",
-            "127.0.0.1:0",
-            "-metrics",
-            "",
-            "-pprof",
-            "",
-            "-record-path",
-            recordings.to_str().unwrap(),
-        ],
-        &["http"],
-    );
+    let mut args = vec![
+        "-shm",
+        &shm,
+        "-http",
+        "127.0.0.1:0",
+        "-metrics",
+        "",
+        "-pprof",
+        "",
+        "-record-path",
+        recordings.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args, &["http"]);
     (camera, server)
 }
 
@@ -232,4 +249,38 @@ fn the_page_embeds_the_live_view_with_record_controls() {
     for needle in ["id=\"video\"", "id=\"record\"", "id=\"stop\"", "\"http://camera.test:8081\"", "/offer"] {
         assert!(body.contains(needle), "page lacks {needle}");
     }
+}
+
+#[test]
+fn a_streamer_token_is_added_by_the_companion_and_never_needed_by_the_page() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let (_camera, server) = streamer_with(dir.path(), &["-auth-token-file", token_file.to_str().unwrap()]);
+    let direct = server.addrs["http"];
+    let url = format!("http://{direct}");
+
+    // Without the token the streamer's refusal passes through unchanged.
+    let plain = Companion::start(&python, &url, "10");
+    let (code, _, body) = http(plain.addr, "POST", "/api/recording/start");
+    let (direct_code, _, direct_body) = http(direct, "POST", "/start");
+    assert!(code == 401 || code == 403, "{code} {body}");
+    assert_eq!((code, json(&body)), (direct_code, json(&direct_body)));
+
+    let with_token =
+        Companion::start_with(&python, &url, "10", &[("STREAMER_TOKEN_FILE", token_file.to_str().unwrap())]);
+    let (code, _, body) = http(with_token.addr, "POST", "/api/recording/start");
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = http(with_token.addr, "POST", "/api/recording/stop");
+    assert_eq!(code, 200, "{body}");
+
+    // The page then signals through the companion, and the token is not in it.
+    let page = http(with_token.addr, "GET", "/").2;
+    assert!(page.contains("true ? \"/api/offer\""), "page does not signal via the companion");
+    assert!(!page.contains("s3cret"), "the token leaked into the page");
+    // /api/offer forwards the body: a malformed offer gets the streamer's 400.
+    let (code, _, body) = http_body(with_token.addr, "POST", "/api/offer", "{not json");
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(json(&body)["success"], false);
 }

@@ -29,6 +29,10 @@ environment for the standalone app):
 ``STREAMER_URL``         where Flask reaches the streamer (default http://127.0.0.1:8081)
 ``STREAMER_PUBLIC_URL``  where browsers reach it (default: this page's host, port 8081)
 ``STREAMER_TIMEOUT``     seconds to wait for an answer (default 10; /stop fsyncs)
+``STREAMER_TOKEN_FILE``  the streamer's ``-auth-token-file``, when it requires one: the
+                         token is added to proxied requests, and the page then sends its
+                         WebRTC offer through ``/api/offer`` (the media still flows
+                         straight from the streamer) so the token never reaches browsers
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import os
 import sys
 
 import requests
-from flask import Blueprint, Flask, Response, jsonify, render_template
+from flask import Blueprint, Flask, Response, jsonify, render_template, request
 
 DEFAULT_STREAMER_URL = "http://127.0.0.1:8081"
 #: Seconds to open the TCP connection: the streamer is on the same board, so
@@ -62,11 +66,25 @@ def _error(status: int, message: str) -> Response:
     return response
 
 
-def proxy(session: requests.Session, streamer_url: str, timeout: float, method: str, path: str) -> Response:
+#: Largest offer body forwarded (the streamer's own limit is similar).
+MAX_OFFER_BYTES = 64 * 1024
+
+
+def proxy(
+    session: requests.Session,
+    streamer_url: str,
+    timeout: float,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """Forwards one request and hands the streamer's answer back unchanged."""
     url = streamer_url.rstrip("/") + path
     try:
-        upstream = session.request(method, url, timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
+        upstream = session.request(
+            method, url, data=body, headers=headers, timeout=(min(CONNECT_TIMEOUT, timeout), timeout)
+        )
     except requests.Timeout:
         return _error(504, f"streamer at {streamer_url} did not answer {method} {path} within {timeout:g} s")
     except requests.ConnectionError as error:
@@ -81,8 +99,10 @@ def recording_blueprint(
     streamer_url: str = DEFAULT_STREAMER_URL,
     public_streamer_url: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    token: str | None = None,
 ) -> Blueprint:
-    """The companion's routes, to register on any Flask app."""
+    """The companion's routes, to register on any Flask app. ``token`` is the
+    streamer's bearer token, if it requires one."""
     blueprint = Blueprint(
         "streaming_companion",
         __name__,
@@ -92,10 +112,11 @@ def recording_blueprint(
     # environment (the streamer is local, a corporate proxy must not see it).
     session = requests.Session()
     session.trust_env = False
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def make_view(name: str, method: str, path: str):
         def view() -> Response:
-            return proxy(session, streamer_url, timeout, method, path)
+            return proxy(session, streamer_url, timeout, method, path, headers=auth)
 
         view.__name__ = f"recording_{name}"
         return view
@@ -103,9 +124,21 @@ def recording_blueprint(
     for name, (method, path) in ROUTES.items():
         blueprint.add_url_rule(f"/api/recording/{name}", view_func=make_view(name, method, path), methods=[method])
 
+    @blueprint.post("/api/offer")
+    def offer() -> Response:
+        # Signalling only, for a streamer that wants a token; the browser's
+        # media still comes straight from the streamer.
+        body = request.get_data(cache=False)
+        if len(body) > MAX_OFFER_BYTES:
+            return _error(413, f"offer larger than {MAX_OFFER_BYTES} bytes")
+        headers = {"Content-Type": request.content_type or "application/json", **auth}
+        return proxy(session, streamer_url, timeout, "POST", "/offer", body=body, headers=headers)
+
     @blueprint.get("/")
     def index() -> str:
-        return render_template("companion.html", public_streamer_url=public_streamer_url or "")
+        return render_template(
+            "companion.html", public_streamer_url=public_streamer_url or "", signal_via_companion=bool(token)
+        )
 
     return blueprint
 
@@ -116,12 +149,18 @@ def create_app(
     timeout: float | None = None,
 ) -> Flask:
     """A standalone companion app; unset arguments come from the environment."""
+    token = None
+    token_file = os.environ.get("STREAMER_TOKEN_FILE")
+    if token_file:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
     app = Flask(__name__)
     app.register_blueprint(
         recording_blueprint(
             streamer_url=streamer_url or os.environ.get("STREAMER_URL", DEFAULT_STREAMER_URL),
             public_streamer_url=public_streamer_url or os.environ.get("STREAMER_PUBLIC_URL"),
             timeout=timeout or float(os.environ.get("STREAMER_TIMEOUT", DEFAULT_TIMEOUT)),
+            token=token,
         )
     )
     return app
