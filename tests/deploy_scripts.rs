@@ -100,7 +100,11 @@ fn flamegraph_script_saves_an_svg_from_the_pprof_listener() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), svg.display().to_string());
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"), "not an SVG: {}", &text[..200.min(text.len())]);
+    assert!(
+        text.contains("<svg") && text.trim_end().ends_with("</svg>"),
+        "not an SVG: {}",
+        &text[..200.min(text.len())]
+    );
     assert!(!dir.path().join("cpu.svg.part").exists());
 
     // Nothing listening: a clear failure, not a hang or an empty file.

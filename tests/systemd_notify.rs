@@ -78,7 +78,12 @@ impl Frozen {
     fn thread(tid: i32) -> Frozen {
         // SAFETY: plain ptrace/waitpid calls on a thread of our own child.
         unsafe {
-            assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0), 0, "PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "PTRACE_SEIZE: {}",
+                std::io::Error::last_os_error()
+            );
             assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0, "PTRACE_INTERRUPT");
             let mut status = 0;
             assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid, "waitpid on the frozen thread");
