@@ -74,6 +74,18 @@ pub struct Args {
     /// a daemon built with -D_TIME_BITS=64 (Debian 13) needs 64.
     #[arg(long = "time-bits", default_value = "native", value_parser = TimeBits::parse)]
     pub time_bits: TimeBits,
+    /// Origins whose pages may call the control plane (CORS), comma
+    /// separated; `*` allows any.
+    #[arg(long = "cors-origin", default_value = "http://localhost:8080")]
+    pub cors_origin: String,
+    /// File holding a bearer token required by /offer, /whep, /start and
+    /// /stop (off when not given).
+    #[arg(long = "auth-token-file")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Control-plane client timeout in milliseconds: request headers and
+    /// bodies must arrive within it; idle connections close after it.
+    #[arg(long = "http-timeout-ms", default_value_t = 10_000)]
+    pub http_timeout_ms: u64,
     /// Run a built-in fake camera playing a demo clip (no camera needed).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub demo: bool,

@@ -22,12 +22,16 @@
 pub mod abi;
 pub mod cli;
 pub mod clock;
+pub mod control;
 pub mod fake_camera;
 pub mod h264;
+pub mod health;
 pub mod hub;
 pub mod metrics;
 pub mod pipeline;
+pub mod profiling;
 pub mod ratelimit;
+pub mod recorder;
 pub mod shm;
 pub mod shutdown;
 pub mod systemd;

@@ -13,6 +13,9 @@ use streaming_server::metrics::Metrics;
 use streaming_server::pipeline::{self, Media};
 use streaming_server::shm::ReaderConfig;
 use streaming_server::shutdown::{self, Trigger};
+use streaming_server::systemd;
+use streaming_server::webrtc::{self, Viewers, WebrtcConfig};
+use streaming_server::{control, health::Health, profiling, recorder::Recorder};
 
 fn main() -> ExitCode {
     let args = cli::parse(std::env::args_os());
@@ -102,11 +105,33 @@ fn serve(args: &Args) -> Result<(), String> {
     }
 
     let config = ReaderConfig { name: shm_name, layout };
-    let media_thread = pipeline::spawn(config, media.clone(), shutdown.clone()).map_err(|e| e.to_string())?;
+    let media_thread = pipeline::spawn(config.clone(), media.clone(), shutdown.clone()).map_err(|e| e.to_string())?;
+    // systemd Type=notify: a watchdog fed by the media path (only when the
+    // unit sets WatchdogSec) and READY below.
+    let notifier = systemd::Notifier::from_env();
+    let watchdog = systemd::spawn_watchdog(&notifier, &media, &config, shutdown.clone()).map_err(|e| e.to_string())?;
 
+    // Recorder, viewers and the three listeners (control, metrics, pprof).
+    let health = Arc::new(Health::new());
+    let recorder = Recorder::new(args.record_path.clone(), media.clone());
+    let mut webrtc_config = WebrtcConfig::new(args.max_clients);
+    webrtc_config.stun = webrtc::parse_stun(&args.stun);
+    webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
+    webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
+    let viewers = Viewers::new(webrtc_config, media.clone(), shutdown.clone())?;
+    let listeners = start_listeners(args, &media, &recorder, &viewers, &health, &shutdown)?;
+
+    // Keep READY after every listener is bound: systemd starts dependants then.
+    notifier.ready(&format!("serving camera segment {}", config.name));
     let mut last_read = 0;
-    while !shutdown.wait_timeout(Duration::from_secs(5)) {
+    let mut seconds = 0u64;
+    while !shutdown.wait_timeout(Duration::from_secs(1)) {
         let read = media.camera.frames_read.load(Ordering::Relaxed);
+        health.tick(read);
+        seconds += 1;
+        if seconds % 5 != 0 {
+            continue;
+        }
         log::info!(
             "camera: {:.1} fps, {} frames read, {} dropped, {} read errors, {} process errors, GOP cache {} frames",
             (read - last_read) as f64 / 5.0,
@@ -119,11 +144,58 @@ fn serve(args: &Args) -> Result<(), String> {
         last_read = read;
     }
 
-    // Order: stop reading shm first, then the demo camera that feeds it.
+    notifier.stopping();
+    // Order: stop taking requests (in-flight ones get a short grace), close
+    // viewers, finish and sync the recording, then stop reading shm, then
+    // the demo camera that feeds it.
+    let grace = std::time::Instant::now() + Duration::from_millis(300);
+    for listener in listeners {
+        listener.stop(grace.saturating_duration_since(std::time::Instant::now()));
+    }
+    viewers.close_all();
+    recorder.shutdown();
     let _ = media_thread.join();
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.join();
+    }
     if let Some(camera) = demo_camera {
         let _ = camera.join();
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Binds `-http`, `-metrics` and `-pprof` (an empty address turns the last
+/// two off) and registers the process metrics.
+fn start_listeners(
+    args: &Args,
+    media: &Media,
+    recorder: &Recorder,
+    viewers: &Viewers,
+    health: &Arc<Health>,
+    shutdown: &shutdown::Shutdown,
+) -> Result<Vec<control::Listener>, String> {
+    let auth_token = args.auth_token_file.as_deref().map(control::load_token).transpose()?;
+    let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
+    let config = control::ControlConfig {
+        cors_origins: control::parse_origins(&args.cors_origin),
+        auth_token,
+        limits: control::Limits { workers: control::CONTROL_WORKERS, timeout, ..control::Limits::default() },
+    };
+    let mut listeners = Vec::new();
+    let http = cli::parse_listen(&args.http)?.ok_or("-http must not be empty")?;
+    let control = control::Control::new(media.clone(), recorder.clone(), viewers.clone(), health.clone(), config);
+    listeners.push(control.serve(http, shutdown.clone())?);
+    if let Some(addr) = cli::parse_listen(&args.metrics)? {
+        // CPU, RSS, fds and threads of this process, read from /proc at scrape time.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = media.metrics.registry.register(Box::new(process)) {
+            log::warn!("process metrics: {e}");
+        }
+        listeners.push(control::serve_metrics(addr, media.metrics.clone(), shutdown.clone())?);
+    }
+    if let Some(addr) = cli::parse_listen(&args.pprof)? {
+        listeners.push(profiling::serve(addr, shutdown.clone())?);
+    }
+    Ok(listeners)
 }

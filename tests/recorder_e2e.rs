@@ -13,7 +13,18 @@ use control_support::*;
 
 fn start_server(shm: &str, dir: &Path) -> Server {
     Server::start(
-        &["-shm", shm, "-http", "127.0.0.1:0", "-metrics", "127.0.0.1:0", "-pprof", "", "-record-path", dir.to_str().unwrap()],
+        &[
+            "-shm",
+            shm,
+            "-http",
+            "127.0.0.1:0",
+            "-metrics",
+            "127.0.0.1:0",
+            "-pprof",
+            "",
+            "-record-path",
+            dir.to_str().unwrap(),
+        ],
         &["http", "metrics"],
     )
 }
@@ -66,7 +77,12 @@ fn records_a_byte_exact_run_of_the_clip_with_pre_roll() {
     assert_eq!(started.json()["success"], true);
     assert_eq!(status["recording"], true);
     let name = status["filename"].as_str().unwrap().to_string();
-    assert!(name.starts_with("recording_") && name.ends_with(".h264") && name.len() == "recording_20251226_223031.h264".len(), "{name}");
+    assert!(
+        name.starts_with("recording_")
+            && name.ends_with(".h264")
+            && name.len() == "recording_20251226_223031.h264".len(),
+        "{name}"
+    );
     assert!(status["start_time"].as_str().unwrap().contains('T'));
 
     std::thread::sleep(Duration::from_millis(2500));
@@ -83,7 +99,10 @@ fn records_a_byte_exact_run_of_the_clip_with_pre_roll() {
     assert_eq!(status["recording"], false);
     assert_eq!(status["filename"], name.as_str());
     let duration_ms = status["duration_ms"].as_u64().unwrap();
-    assert!((2400..10_000).contains(&duration_ms), "duration_ms {duration_ms} is not milliseconds of a 2.5 s recording");
+    assert!(
+        (2400..10_000).contains(&duration_ms),
+        "duration_ms {duration_ms} is not milliseconds of a 2.5 s recording"
+    );
     let frames = status["frame_count"].as_u64().unwrap();
     // Live frames at 30 fps cover the wall time; the pre-roll adds 10-20.
     let live = duration_ms * 30 / 1000;

@@ -47,6 +47,16 @@ fn agent() -> ureq::Agent {
 
 /// One request with ureq; any status is an answer, not an error.
 pub fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Answer {
+    try_call(method, url, headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// GET that reports a refused or reset connection instead of panicking.
+pub fn try_get(url: &str) -> Option<Answer> {
+    try_call("GET", url, &[], None).ok()
+}
+
+/// Like [`call`], with transport errors returned.
+pub fn try_call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Answer, String> {
     let mut request = agent().request(method, url);
     for (name, value) in headers {
         request = request.set(name, value);
@@ -58,7 +68,7 @@ pub fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
     let response = match result {
         Ok(response) => response,
         Err(ureq::Error::Status(_, response)) => response,
-        Err(e) => panic!("{method} {url}: {e}"),
+        Err(e) => return Err(e.to_string()),
     };
     let status = response.status();
     let headers = response
@@ -70,8 +80,8 @@ pub fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
         })
         .collect();
     let mut body = Vec::new();
-    response.into_reader().take(64 << 20).read_to_end(&mut body).expect("read body");
-    Answer { status, headers, body }
+    response.into_reader().take(64 << 20).read_to_end(&mut body).map_err(|e| e.to_string())?;
+    Ok(Answer { status, headers, body })
 }
 
 pub fn get(url: &str) -> Answer {
@@ -161,8 +171,7 @@ pub fn ffprobe_frames(path: &Path) -> (u64, bool) {
 /// looped `clip`, starting at one of its IDRs and ending on an access-unit
 /// boundary. Returns the number of access units.
 pub fn assert_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
-    let units: Vec<&[u8]> =
-        streaming_server::h264::split_access_units(clip).into_iter().map(|r| &clip[r]).collect();
+    let units: Vec<&[u8]> = streaming_server::h264::split_access_units(clip).into_iter().map(|r| &clip[r]).collect();
     assert!(!units.is_empty());
     let is_idr = |au: &[u8]| {
         streaming_server::h264::split_annexb(au)
