@@ -6,71 +6,10 @@
 mod common;
 mod webrtc_common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use streaming_server::abi::{Layout, TimeBits};
-use streaming_server::metrics::Metrics;
-use streaming_server::pipeline::{self, Media};
-use streaming_server::shm::ReaderConfig;
-use streaming_server::shutdown::{self, Shutdown, Trigger};
-use streaming_server::webrtc::{OfferError, Viewers, WebrtcConfig};
-use webrtc_common::{clip_nals, find_in_loop, Client, CHROME_H264};
-
-struct Rig {
-    _camera: common::Proc,
-    media: Media,
-    viewers: Viewers,
-    trigger: Option<Trigger>,
-    media_thread: Option<std::thread::JoinHandle<()>>,
-    shutdown: Shutdown,
-}
-
-impl Rig {
-    fn start(tag: &str, max_clients: usize) -> Rig {
-        let shm = common::unique_shm(tag);
-        let camera = common::fake_camera(&shm, &["-fps", "30"]);
-        let media = Media::new(Arc::new(Metrics::new()));
-        let (trigger, shutdown) = shutdown::channel();
-        let config = ReaderConfig { name: shm, layout: Layout::new(TimeBits::Native) };
-        let media_thread = pipeline::spawn(config, media.clone(), shutdown.clone()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while media.hub.gop_cache_len() == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(media.hub.parameter_sets().is_some(), "the camera's SPS/PPS never arrived");
-        let mut config = WebrtcConfig::new(max_clients);
-        config.ips = vec!["127.0.0.1".parse().unwrap()];
-        let viewers = Viewers::new(config, media.clone(), shutdown.clone()).unwrap();
-        Rig { _camera: camera, media, viewers, trigger: Some(trigger), media_thread: Some(media_thread), shutdown }
-    }
-
-    /// `Viewers::offer` blocks: run it off the async threads, as the HTTP
-    /// worker would.
-    async fn offer(&self, sdp: &str) -> Result<streaming_server::webrtc::Session, OfferError> {
-        let viewers = self.viewers.clone();
-        let sdp = sdp.to_string();
-        tokio::task::spawn_blocking(move || viewers.offer(&sdp)).await.unwrap()
-    }
-
-    async fn connect(&self) -> (Client, String) {
-        let client = Client::new(CHROME_H264).await;
-        let session = self.offer(&client.offer).await.expect("offer accepted");
-        client.accept(session.answer_sdp).await;
-        (client, session.id)
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.viewers.close_all();
-        drop(self.trigger.take());
-        if let Some(thread) = self.media_thread.take() {
-            let _ = thread.join();
-        }
-        assert!(self.shutdown.is_triggered());
-    }
-}
+use streaming_server::webrtc::{OfferError, Viewers};
+use webrtc_common::{clip_nals, find_in_loop, Client, Rig, CHROME_H264};
 
 async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -151,6 +90,21 @@ async fn viewers_share_one_packetization_and_the_limit_holds() {
     }
     assert_eq!(rig.viewers.count(), 0);
     assert_eq!(rig.media.metrics.active_clients.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_with_audio_first_connects_video_only() {
+    // Firefox and Safari put audio first; the server rejects it and must
+    // still put its candidates where the browser looks (the video section).
+    let rig = Rig::start("rtc_audio_first", 2);
+    let client = Client::with_audio_first(CHROME_H264).await;
+    let session = rig.offer(&client.offer).await.expect("offer accepted");
+    assert!(session.answer_sdp.contains("m=audio 0 "), "audio rejected:\n{}", session.answer_sdp);
+    client.accept(session.answer_sdp).await;
+    let frames = client.frames(10, Duration::from_secs(10)).await;
+    assert_eq!(frames.len(), 10);
+    rig.viewers.close(&session.id);
+    client.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,10 @@ pub enum Profile {
     Main,
     ConstrainedHigh,
     High,
-    /// Anything else (High 10, 4:2:2, ...): only an exact profile_idc match.
+    /// High 10 (110), High 4:2:2 (122), High 4:4:4 Predictive (244): each
+    /// decodes High and what the ones before it decode.
+    HighPlus(u8),
+    /// Anything else: only an exact profile_idc match.
     Other(u8),
 }
 
@@ -90,6 +93,7 @@ impl Profile {
             77 => Profile::Main,
             100 if cs4 && cs5 => Profile::ConstrainedHigh,
             100 => Profile::High,
+            110 | 122 | 244 => Profile::HighPlus(profile_idc),
             other => Profile::Other(other),
         }
     }
@@ -101,6 +105,9 @@ impl Profile {
             Profile::Main => "Main".into(),
             Profile::ConstrainedHigh => "Constrained High".into(),
             Profile::High => "High".into(),
+            Profile::HighPlus(110) => "High 10".into(),
+            Profile::HighPlus(122) => "High 4:2:2".into(),
+            Profile::HighPlus(idc) => format!("High 4:4:4 (profile_idc {idc})"),
             Profile::Other(idc) => format!("profile_idc {idc}"),
         }
     }
@@ -119,6 +126,10 @@ impl Profile {
             (ConstrainedBaseline, High) => Some(4),
             (Main, High) => Some(2),
             (ConstrainedHigh, High) => Some(1),
+            // Chromium without a High-profile encoder offers High 4:4:4
+            // Predictive (f4001f) as its only decoder above Main.
+            (ConstrainedBaseline | Main | ConstrainedHigh | High, HighPlus(idc)) => Some(5 + idc / 100),
+            (HighPlus(a), HighPlus(b)) if a <= b => Some(1 + b / 100),
             _ => None,
         }
     }
@@ -230,7 +241,13 @@ pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationEr
 /// only the payload type sent, and its `a=fmtp` describes the stream. Other
 /// lines of that payload type (`rtpmap`, `rtcp-fb`) are kept; lines of other
 /// payload types are dropped.
+///
+/// It also moves our ICE candidates out of a rejected section: `rtc` 0.21
+/// writes them into the first `m=` section even when that one is rejected
+/// (port 0, e.g. the audio a Firefox or Safari offer puts first), where a
+/// browser ignores them.
 pub fn finish_answer(answer: &str, choice: &Choice) -> String {
+    let answer = move_candidates_to_active_section(answer);
     let pt = choice.payload_type.to_string();
     let mut out = String::with_capacity(answer.len() + 64);
     let mut in_video = false;
@@ -279,6 +296,38 @@ pub fn finish_answer(answer: &str, choice: &Choice) -> String {
     out
 }
 
+fn move_candidates_to_active_section(answer: &str) -> String {
+    let lines: Vec<&str> = answer.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
+    // Sections: index of each m= line; the session part precedes the first.
+    let starts: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("m=")).collect();
+    let section_of = |i: usize| starts.iter().rposition(|&s| s <= i);
+    let rejected = |section: usize| lines[starts[section]].split(' ').nth(1) == Some("0");
+    let is_candidate = |l: &str| l.starts_with("a=candidate:") || l == "a=end-of-candidates";
+    let Some(active) = (0..starts.len()).find(|&s| !rejected(s)) else {
+        return answer.to_string();
+    };
+    let active_has = (0..lines.len()).any(|i| section_of(i) == Some(active) && is_candidate(lines[i]));
+    let moved: Vec<&str> = (0..lines.len())
+        .filter(|&i| section_of(i).is_some_and(rejected) && is_candidate(lines[i]))
+        .map(|i| lines[i])
+        .collect();
+    let mut out = String::with_capacity(answer.len());
+    for (i, line) in lines.iter().enumerate() {
+        let section = section_of(i);
+        if section.is_some_and(rejected) && is_candidate(line) {
+            continue;
+        }
+        push_line(&mut out, line);
+        // Right after the active section's c= line, as browsers write them.
+        if !active_has && section == Some(active) && line.starts_with("c=") {
+            for candidate in &moved {
+                push_line(&mut out, candidate);
+            }
+        }
+    }
+    out
+}
+
 fn push_line(out: &mut String, line: &str) {
     out.push_str(line);
     out.push_str("\r\n");
@@ -309,6 +358,10 @@ pub fn check_answer(answer: &str, choice: &Choice) -> Result<(), String> {
         }
         if codec.fmtp != choice.answer_fmtp {
             return Err(format!("fmtp is {:?}, expected {:?}", codec.fmtp, choice.answer_fmtp));
+        }
+        if answer.contains("a=candidate:") && !media.has_attribute("candidate") && !video_ok {
+            // Only the first active section carries candidates (BUNDLE).
+            return Err("our ICE candidates are not in the active video section".into());
         }
         video_ok = true;
     }
@@ -406,6 +459,25 @@ mod tests {
     }
 
     #[test]
+    fn candidates_leave_a_rejected_first_section() {
+        let choice = Choice {
+            mid: Some("1".into()),
+            payload_type: 126,
+            offered_fmtp: String::new(),
+            answer_fmtp: "packetization-mode=1;profile-level-id=42e01f".into(),
+        };
+        let answer = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 1\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\nm=video 9 UDP/TLS/RTP/SAVPF 126\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=rtpmap:126 H264/90000\r\na=sendonly\r\n";
+        let finished = finish_answer(answer, &choice);
+        let video = &finished[finished.find("m=video").unwrap()..];
+        assert!(
+            video.contains("a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=end-of-candidates"),
+            "{finished}"
+        );
+        assert_eq!(finished.matches("a=candidate").count(), 1, "{finished}");
+        check_answer(&finished, &choice).unwrap();
+    }
+
+    #[test]
     fn profiles_classify_like_browsers() {
         assert_eq!(Profile::classify(0x42, 0xe0), Profile::ConstrainedBaseline);
         assert_eq!(Profile::classify(0x42, 0xc0), Profile::ConstrainedBaseline);
@@ -413,6 +485,7 @@ mod tests {
         assert_eq!(Profile::classify(0x4d, 0x00), Profile::Main);
         assert_eq!(Profile::classify(0x64, 0x0c), Profile::ConstrainedHigh);
         assert_eq!(Profile::classify(0x64, 0x00), Profile::High);
-        assert_eq!(Profile::classify(0xf4, 0x00), Profile::Other(0xf4));
+        assert_eq!(Profile::classify(0xf4, 0x00), Profile::HighPlus(0xf4));
+        assert_eq!(Profile::classify(0x58, 0x00), Profile::Other(0x58));
     }
 }

@@ -6,6 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use streaming_server::abi::{Layout, TimeBits};
+use streaming_server::metrics::Metrics;
+use streaming_server::pipeline::{self, Media};
+use streaming_server::shm::ReaderConfig;
+use streaming_server::shutdown::{self, Shutdown, Trigger};
+use streaming_server::webrtc::{OfferError, Session, Viewers, WebrtcConfig};
+
 use bytes::{Bytes, BytesMut};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtp::packetizer::Depacketizer;
@@ -106,7 +113,34 @@ impl Client {
     /// Builds a receiver on 127.0.0.1 offering `h264` (payload type, fmtp)
     /// and returns it with its complete offer (candidates included).
     pub async fn new(h264: &[(u8, &str)]) -> Client {
+        Client::build(h264, false).await
+    }
+
+    /// Like Firefox and Safari: an audio section first, which the server
+    /// rejects (it has no audio), then the video.
+    pub async fn with_audio_first(h264: &[(u8, &str)]) -> Client {
+        Client::build(h264, true).await
+    }
+
+    async fn build(h264: &[(u8, &str)], audio_first: bool) -> Client {
         let mut media_engine = MediaEngine::default();
+        if audio_first {
+            media_engine
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: "audio/opus".to_owned(),
+                            clock_rate: 48_000,
+                            channels: 2,
+                            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                            rtcp_feedback: vec![],
+                        },
+                        payload_type: 111,
+                    },
+                    RtpCodecKind::Audio,
+                )
+                .unwrap();
+        }
         for (pt, fmtp) in h264 {
             media_engine
                 .register_codec(
@@ -140,6 +174,14 @@ impl Client {
             .await
             .expect("client peer connection");
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        if audio_first {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() }),
+            )
+            .await
+            .unwrap();
+        }
         pc.add_transceiver_from_kind(
             RtpCodecKind::Video,
             Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() }),
@@ -190,4 +232,60 @@ pub fn clip_nals(clip: &[u8]) -> Vec<Bytes> {
 /// `received` equals the clip from there on (wrapping), or None.
 pub fn find_in_loop(clip: &[Bytes], received: &[Bytes]) -> Option<usize> {
     (0..clip.len()).find(|&start| received.iter().enumerate().all(|(i, nal)| clip[(start + i) % clip.len()] == *nal))
+}
+
+/// A fake camera process, the real media thread and `Viewers`, in process.
+pub struct Rig {
+    _camera: crate::common::Proc,
+    pub media: Media,
+    pub viewers: Viewers,
+    trigger: Option<Trigger>,
+    media_thread: Option<std::thread::JoinHandle<()>>,
+    shutdown: Shutdown,
+}
+
+impl Rig {
+    pub fn start(tag: &str, max_clients: usize) -> Rig {
+        let shm = crate::common::unique_shm(tag);
+        let camera = crate::common::fake_camera(&shm, &["-fps", "30"]);
+        let media = Media::new(Arc::new(Metrics::new()));
+        let (trigger, shutdown) = shutdown::channel();
+        let config = ReaderConfig { name: shm, layout: Layout::new(TimeBits::Native) };
+        let media_thread = pipeline::spawn(config, media.clone(), shutdown.clone()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while media.hub.gop_cache_len() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(media.hub.parameter_sets().is_some(), "the camera's SPS/PPS never arrived");
+        let mut config = WebrtcConfig::new(max_clients);
+        config.ips = vec!["127.0.0.1".parse().unwrap()];
+        let viewers = Viewers::new(config, media.clone(), shutdown.clone()).unwrap();
+        Rig { _camera: camera, media, viewers, trigger: Some(trigger), media_thread: Some(media_thread), shutdown }
+    }
+
+    /// `Viewers::offer` blocks: run it off the async threads, as the HTTP
+    /// worker would.
+    pub async fn offer(&self, sdp: &str) -> Result<Session, OfferError> {
+        let viewers = self.viewers.clone();
+        let sdp = sdp.to_string();
+        tokio::task::spawn_blocking(move || viewers.offer(&sdp)).await.unwrap()
+    }
+
+    pub async fn connect(&self) -> (Client, String) {
+        let client = Client::new(CHROME_H264).await;
+        let session = self.offer(&client.offer).await.expect("offer accepted");
+        client.accept(session.answer_sdp).await;
+        (client, session.id)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.viewers.close_all();
+        drop(self.trigger.take());
+        if let Some(thread) = self.media_thread.take() {
+            let _ = thread.join();
+        }
+        assert!(self.shutdown.is_triggered());
+    }
 }

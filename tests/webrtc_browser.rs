@@ -1,0 +1,81 @@
+//! Headless Chromium (Debian's `chromium`, driven by playwright-core from
+//! tests/browser/viewer.mjs) opens the viewer page at `/` of the real
+//! server, three viewers at once: each must decode at the camera's rate
+//! without freezes, and a screenshot of the video must be neither black nor
+//! still.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn chromium() -> PathBuf {
+    PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Chromium, node and playwright-core present? In CI their absence fails.
+fn tools_present(browser_dir: &std::path::Path) -> bool {
+    let missing: Vec<&str> = [
+        (chromium().exists(), "chromium"),
+        (Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()), "node"),
+        (browser_dir.join("node_modules/playwright-core").exists(), "playwright-core (npm install in tests/browser)"),
+    ]
+    .into_iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(!in_ci(), "missing in CI: {missing:?} (scripts/test.sh installs them)");
+    eprintln!("SKIPPING the browser test: missing {missing:?}");
+    false
+}
+
+#[test]
+fn chromium_plays_the_viewer_page_in_three_tabs() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !tools_present(&browser_dir) {
+        return;
+    }
+    let shm = common::unique_shm("browser");
+    let _camera = common::fake_camera(&shm, &["-fps", "30"]);
+    let server = common::Server::start(
+        &["-shm", &shm, "-http", "127.0.0.1:0", "-metrics", "", "-pprof", "", "-webrtc-ip", "127.0.0.1"],
+        &["http"],
+    );
+    let screenshot = std::env::temp_dir().join(format!("viewer_{}.png", std::process::id()));
+    let output = Command::new("node")
+        .current_dir(&browser_dir)
+        .env("STREAMING_TEST_CHROMIUM", chromium())
+        .args(["viewer.mjs", &server.url("http", "/"), "3", screenshot.to_str().unwrap()])
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "viewer.mjs failed:\n{stdout}\n{stderr}\nserver log:\n{}", server.proc.log());
+    let line = stdout.lines().last().unwrap_or_default();
+    eprintln!("browser: {line}");
+    let result: serde_json::Value = serde_json::from_str(line).expect("one JSON line from viewer.mjs");
+
+    let viewers = result["viewers"].as_array().unwrap();
+    assert_eq!(viewers.len(), 3);
+    for (i, viewer) in viewers.iter().enumerate() {
+        let fps = viewer["fps"].as_f64().unwrap();
+        // The camera runs at 30 fps; getStats counts decoded frames.
+        assert!((25.0..=35.0).contains(&fps), "viewer {i}: {fps} fps decoded: {viewer}");
+        assert_eq!(viewer["freezesDuringWindow"], 0, "viewer {i} froze: {viewer}");
+        assert_eq!((viewer["width"].as_u64(), viewer["height"].as_u64()), (Some(640), Some(360)), "viewer {i}");
+        assert_eq!(viewer["connects"], 1, "viewer {i} had to reconnect: {viewer}");
+    }
+    let shot = &result["screenshot"];
+    let mean = shot["meanLuma"].as_f64().unwrap();
+    assert!(mean > 20.0, "the video looks black (mean luma {mean})");
+    let changed = shot["changedFraction"].as_f64().unwrap();
+    assert!(changed > 0.005, "the picture does not move ({changed} of pixels changed in 0.5 s)");
+    let _ = std::fs::remove_file(&screenshot);
+}

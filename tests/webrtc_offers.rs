@@ -1,0 +1,102 @@
+//! Canned real-world offers (Chrome, Firefox, Safari; tests/fixtures/)
+//! against the real negotiation path: the answer must be well formed SDP
+//! that names exactly the right H.264 payload type.
+
+mod common;
+mod webrtc_common;
+
+use streaming_server::h264::SpsInfo;
+use streaming_server::webrtc::negotiate::{self, NegotiationError};
+use webrtc_common::Rig;
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// (fixture, payload type expected for the demo clip's 42c01f stream)
+const OFFERS: &[(&str, u8)] =
+    &[("chrome_156_linux_offer.sdp", 108), ("firefox_99_offer.sdp", 126), ("safari_16_6_macos_offer.sdp", 98)];
+
+/// Checks what a browser checks, with the `rtc` crate's SDP parser: every
+/// `m=` line well formed, audio rejected, video with exactly `pt`, the
+/// transport attributes present.
+fn assert_answer_well_formed(answer: &str, pt: u8, name: &str) {
+    let parsed =
+        negotiate::parse_sdp(answer).unwrap_or_else(|e| panic!("{name}: answer does not parse: {e}\n{answer}"));
+    let mut video = 0;
+    for media in &parsed.media_descriptions {
+        let m = &media.media_name;
+        assert!(!m.protos.is_empty() && !m.formats.is_empty(), "{name}: malformed m={m}");
+        assert!(m.formats.iter().all(|f| f.parse::<u8>().is_ok()), "{name}: m={m}");
+        if m.media == "audio" {
+            assert_eq!(m.port.value, 0, "{name}: audio must be rejected: m={m}");
+            continue;
+        }
+        assert_eq!(m.media, "video", "{name}");
+        assert_eq!(m.formats, vec![pt.to_string()], "{name}: m={m}");
+        video += 1;
+        let codecs = media.codecs();
+        let codec = &codecs[&pt];
+        assert_eq!((codec.name.as_str(), codec.clock_rate), ("H264", 90_000), "{name}");
+        assert!(codec.fmtp.contains("packetization-mode=1"), "{name}: {}", codec.fmtp);
+        assert!(codec.fmtp.contains("profile-level-id=42e01f"), "{name}: {}", codec.fmtp);
+        assert!(codec.rtcp_feedback.iter().any(|f| f == "nack"), "{name}: NACK stays on: {:?}", codec.rtcp_feedback);
+        assert!(codec.rtcp_feedback.iter().any(|f| f == "nack pli"), "{name}: {:?}", codec.rtcp_feedback);
+        assert!(media.has_attribute("sendonly"), "{name}: direction");
+        for key in ["ice-ufrag", "ice-pwd", "setup", "mid"] {
+            assert!(media.has_attribute(key) || parsed.attribute(key).is_some(), "{name}: no a={key}");
+        }
+        assert!(
+            media.attributes.iter().any(|a| a.key == "candidate" && a.to_string().contains("127.0.0.1")),
+            "{name}: the answer must carry our host candidate (no trickle)"
+        );
+    }
+    assert_eq!(video, 1, "{name}: one active video section");
+    assert!(answer.contains("a=fingerprint:sha-256 "), "{name}");
+    assert!(!answer.contains("a=setup:actpass"), "{name}: an answer picks a DTLS role");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chrome_firefox_and_safari_offers_get_well_formed_answers() {
+    let rig = Rig::start("rtc_offers", 8);
+    for (name, pt) in OFFERS {
+        let session = rig.offer(&fixture(name)).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        if std::env::var_os("PRINT_ANSWERS").is_some() {
+            eprintln!("--- {name}\n{}", session.answer_sdp);
+        }
+        assert_answer_well_formed(&session.answer_sdp, *pt, name);
+        assert!(rig.viewers.close(&session.id));
+    }
+    assert_eq!(rig.viewers.count(), 0);
+}
+
+fn sps(profile_idc: u8, constraint_flags: u8, level_idc: u8) -> SpsInfo {
+    SpsInfo { profile_idc, constraint_flags, level_idc, width: 1920, height: 1080 }
+}
+
+#[test]
+fn other_camera_profiles_against_the_canned_offers() {
+    // A 1080p High-profile camera (640028).
+    let high = sps(100, 0, 0x28);
+    let chrome = negotiate::choose(&fixture("chrome_156_linux_offer.sdp"), &high).unwrap();
+    assert_eq!(chrome.payload_type, 41, "Debian Chromium offers High 4:4:4 (f4001f) as its High-capable decoder");
+    assert_eq!(chrome.answer_fmtp, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=f40028");
+    let safari = negotiate::choose(&fixture("safari_16_6_macos_offer.sdp"), &high);
+    // Safari offers only Constrained High (640c1f): a plain High stream may
+    // use B-frames/CABAC features it does not promise to decode.
+    match safari {
+        Err(NegotiationError::NoCompatibleCodec(why)) => assert!(why.contains("High"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match negotiate::choose(&fixture("firefox_99_offer.sdp"), &high) {
+        Err(NegotiationError::NoCompatibleCodec(why)) => {
+            assert!(why.contains("High (640028)") && why.contains("Constrained Baseline 42e01f mode 1"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A Constrained High camera (640c28) fits Safari's first choice.
+    let safari = negotiate::choose(&fixture("safari_16_6_macos_offer.sdp"), &sps(100, 0x0c, 0x28)).unwrap();
+    assert_eq!(safari.payload_type, 96);
+    // Main (4d0028) fits Chrome's Main.
+    assert_eq!(negotiate::choose(&fixture("chrome_156_linux_offer.sdp"), &sps(77, 0, 0x28)).unwrap().payload_type, 116);
+}
