@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     let args = cli::parse(std::env::args_os());
     env_logger::Builder::new()
         .filter_level(args.log_level.filter())
+        // The WebRTC stack (rtc_ice, rtc_dtls, rtc::..., webrtc::...) logs
+        // every state change at info; keep it to warnings unless RUST_LOG asks.
+        .filter_module("rtc", args.log_level.filter().min(log::LevelFilter::Warn))
+        .filter_module("webrtc", args.log_level.filter().min(log::LevelFilter::Warn))
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
