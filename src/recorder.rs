@@ -48,6 +48,12 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Frames the writer's queue holds: a whole cached GOP fits, so the
 /// pre-roll is never cut short by the queue.
 pub const QUEUE_FRAMES: usize = GOP_CACHE_MAX_FRAMES;
+/// `/stop` waits this long for the final syncs before answering 500 (a
+/// hung card must not hold a control-plane worker forever).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shutdown waits this long for them: the process must exit promptly, and
+/// what was written before the last `fdatasync` is on disk anyway.
+pub const SHUTDOWN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Same-second starts get `_1`, `_2`, ... up to this before giving up.
 const MAX_NAME_SUFFIX: u32 = 999;
 
@@ -265,6 +271,12 @@ impl Recorder {
 
     /// Stops the recording; returns once the file is synced and closed.
     pub fn stop(&self) -> Result<RecordingStatus, RecorderError> {
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    /// [`Recorder::stop`], giving up waiting after `limit` (the writer
+    /// thread then finishes on its own and updates the status).
+    fn stop_within(&self, limit: Duration) -> Result<RecordingStatus, RecorderError> {
         let mut control = lock(&self.inner.control);
         let Some(active) = control.take() else {
             return Err(RecorderError::NotRecording);
@@ -273,10 +285,16 @@ impl Recorder {
         let result = match active.commands.send(Command::Stop(reply)) {
             // The writer ended by itself (a write error, already reported).
             Err(_) => Err(RecorderError::NotRecording),
-            Ok(()) => match reply_rx.recv() {
+            Ok(()) => match reply_rx.recv_timeout(limit) {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(why)) => Err(RecorderError::Io(why)),
-                Err(_) => Err(RecorderError::Io("the recorder thread died".into())),
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    let why = format!("the file was not synced within {} s; still trying", limit.as_secs());
+                    log::error!("recording: {why}");
+                    // Detach: the thread ends by itself when the disk answers.
+                    return Err(RecorderError::Io(why));
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => Err(RecorderError::Io("the recorder thread died".into())),
             },
         };
         let _ = active.thread.join();
@@ -287,7 +305,7 @@ impl Recorder {
     /// Ends any recording for shutdown and refuses new ones.
     pub fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        match self.stop() {
+        match self.stop_within(SHUTDOWN_STOP_TIMEOUT) {
             Ok(status) => log::info!("recording: {} closed at shutdown", status.filename),
             Err(RecorderError::NotRecording) => {}
             Err(error) => log::error!("recording: at shutdown: {error}"),

@@ -251,3 +251,35 @@ fn sigterm_during_a_recording_exits_fast_and_the_file_plays() {
     assert_eq!((probed, first_key), (frames, true));
     assert!(server.proc.log().contains("closed at shutdown"), "{}", server.proc.log());
 }
+
+#[test]
+fn a_camera_restart_mid_recording_resumes_at_the_next_idr() {
+    if !have_tool("ffprobe") || !have_tool("ffmpeg") {
+        return;
+    }
+    let clip = std::fs::read(demo_clip()).unwrap();
+    let shm = unique_shm("restart");
+    // Restarts every 50 frames: mid-GOP (IDR every 30), so the frames right
+    // after each restart are P-frames whose references are gone.
+    let _camera = fake_camera(&shm, &["-file", demo_clip().to_str().unwrap(), "-restart-every", "50"]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&shm, dir.path());
+    wait_healthy(&server);
+    let started = post(&server.url("http", "/start"), b"");
+    assert_eq!(started.status, 200, "{}", started.text());
+    std::thread::sleep(Duration::from_millis(5000));
+    let stopped = post(&server.url("http", "/stop"), b"");
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    let status = stopped.json()["status"].clone();
+    let path = dir.path().join(status["filename"].as_str().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, status["bytes_written"].as_u64().unwrap());
+    let (frames, gaps) = assert_idr_after_every_gap(&bytes, &clip);
+    assert_eq!(frames, status["frame_count"].as_u64().unwrap());
+    assert!(gaps >= 1, "no camera restart happened during the recording:\n{}", server.proc.log());
+    let errors = ffmpeg_errors(&path);
+    assert!(errors.is_empty(), "ffmpeg -v error: {errors}");
+    let (probed, first_key) = ffprobe_frames(&path);
+    assert_eq!((probed, first_key), (frames, true));
+    eprintln!("{frames} frames across {gaps} camera restarts");
+}

@@ -232,3 +232,37 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
     }
     samples
 }
+
+/// Like [`assert_run_of_clip`] for a stream with gaps (camera restarts):
+/// every access unit is the clip's next one, or, after a gap, one of the
+/// clip's IDR access units, never a P-frame without its reference.
+/// Returns (access units, gaps).
+pub fn assert_idr_after_every_gap(recording: &[u8], clip: &[u8]) -> (u64, u64) {
+    use streaming_server::h264::{nal_type, nal_unit_type, split_access_units, split_annexb};
+    let units: Vec<&[u8]> = split_access_units(clip).into_iter().map(|r| &clip[r]).collect();
+    let idrs: Vec<usize> = (0..units.len())
+        .filter(|&i| split_annexb(units[i]).into_iter().any(|r| nal_unit_type(&units[i][r]) == nal_type::IDR))
+        .collect();
+    let (mut offset, mut count, mut gaps) = (0usize, 0u64, 0u64);
+    let mut previous: Option<usize> = None;
+    while offset < recording.len() {
+        let rest = &recording[offset..];
+        let next = previous.map(|p| (p + 1) % units.len()).filter(|&n| rest.starts_with(units[n]));
+        let index = match next {
+            Some(n) => n,
+            None => {
+                let idr = idrs.iter().copied().find(|&i| rest.starts_with(units[i])).unwrap_or_else(|| {
+                    panic!("access unit {count} (byte {offset}) is neither the next clip frame nor an IDR")
+                });
+                if previous.is_some() {
+                    gaps += 1;
+                }
+                idr
+            }
+        };
+        offset += units[index].len();
+        count += 1;
+        previous = Some(index);
+    }
+    (count, gaps)
+}
