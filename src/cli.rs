@@ -74,6 +74,18 @@ pub struct Args {
     /// a daemon built with -D_TIME_BITS=64 (Debian 13) needs 64.
     #[arg(long = "time-bits", default_value = "native", value_parser = TimeBits::parse)]
     pub time_bits: TimeBits,
+    /// Start a new recording file at the first IDR after this long (e.g.
+    /// 10m, 1h, 600s); empty or 0: one file per recording.
+    #[arg(long = "record-segment", default_value = "")]
+    pub record_segment: String,
+    /// Delete the oldest recordings while those in -record-path exceed this
+    /// size (e.g. 2G, 500M); empty: no limit.
+    #[arg(long = "record-max-bytes", default_value = "")]
+    pub record_max_bytes: String,
+    /// Delete the oldest recordings while the disk has less free space than
+    /// this (e.g. 200M); empty: no floor.
+    #[arg(long = "record-min-free", default_value = "")]
+    pub record_min_free: String,
     /// Origins whose pages may call the control plane (CORS), comma
     /// separated; `*` allows any.
     #[arg(long = "cors-origin", default_value = "http://localhost:8080")]

@@ -11,11 +11,12 @@ use streaming_server::cli::{self, Args, Command, FakeCameraArgs};
 use streaming_server::fake_camera::{self, Clip, FakeCameraOptions, DEMO_CLIP};
 use streaming_server::metrics::Metrics;
 use streaming_server::pipeline::{self, Media};
+use streaming_server::recorder::{self, Recorder, RecorderConfig};
 use streaming_server::shm::ReaderConfig;
 use streaming_server::shutdown::{self, Trigger};
 use streaming_server::systemd;
 use streaming_server::webrtc::{self, Viewers, WebrtcConfig};
-use streaming_server::{control, health::Health, profiling, recorder::Recorder};
+use streaming_server::{control, health::Health, profiling};
 
 fn main() -> ExitCode {
     let args = cli::parse(std::env::args_os());
@@ -117,7 +118,13 @@ fn serve(args: &Args) -> Result<(), String> {
 
     // Recorder, viewers and the three listeners (control, metrics, pprof).
     let health = Arc::new(Health::new());
-    let recorder = Recorder::new(args.record_path.clone(), media.clone());
+    let recorder_config = RecorderConfig {
+        dir: args.record_path.clone(),
+        segment: recorder::parse_duration(&args.record_segment)?,
+        max_bytes: recorder::parse_size(&args.record_max_bytes)?,
+        min_free: recorder::parse_size(&args.record_min_free)?,
+    };
+    let recorder = Recorder::with_config(recorder_config, media.clone());
     let mut webrtc_config = WebrtcConfig::new(args.max_clients);
     webrtc_config.stun = webrtc::parse_stun(&args.stun);
     webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;

@@ -26,6 +26,14 @@
 //! counts it, and the next [`Recorder::start`] works once the cause is gone.
 //! A failed sync is not retried: after one, Linux may have dropped the dirty
 //! pages, so a retry could report success for data that is gone.
+//!
+//! Segments and retention (optional, [`RecorderConfig`]): with a segment
+//! length the writer closes the file (synced like a stop) at the first IDR
+//! after that length and goes on in a new file, so every segment starts
+//! with an IDR and SPS/PPS and the segments joined are the recording. With
+//! a byte budget or a free-space floor it deletes the oldest
+//! `recording_*.h264` files of the directory (never the one being written)
+//! at each start, each rotation and every few seconds.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -54,6 +62,11 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shutdown waits this long for them: the process must exit promptly, and
 /// what was written before the last `fdatasync` is on disk anyway.
 pub const SHUTDOWN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A segment may be cut this much before its nominal length (see `write`).
+const SEGMENT_SLACK: Duration = Duration::from_millis(100);
+/// How often retention is checked while recording (also at every start and
+/// rotation).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
 /// Same-second starts get `_1`, `_2`, ... up to this before giving up.
 const MAX_NAME_SUFFIX: u32 = 999;
 
@@ -71,6 +84,9 @@ pub struct RecordingStatus {
     pub start_time: String,
     /// Frames the recorder lost because the disk fell behind.
     pub frames_dropped: u64,
+    /// Files this recording has used so far (more than 1 only with segments);
+    /// `filename` is the newest, the counts above cover all of them.
+    pub segments: u64,
     /// Why the last recording ended early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -100,12 +116,72 @@ impl std::fmt::Display for RecorderError {
     }
 }
 
+/// Where and how recordings are written.
+#[derive(Clone, Debug)]
+pub struct RecorderConfig {
+    /// Directory for the files (created on the first start).
+    pub dir: PathBuf,
+    /// Start a new file at the first IDR after this long (`-record-segment`).
+    pub segment: Option<Duration>,
+    /// Delete the oldest recordings while the directory's recordings exceed
+    /// this many bytes (`-record-max-bytes`).
+    pub max_bytes: Option<u64>,
+    /// Delete the oldest recordings while the file system has less free
+    /// space than this (`-record-min-free`).
+    pub min_free: Option<u64>,
+}
+
+impl RecorderConfig {
+    /// One file per recording, nothing ever deleted.
+    pub fn new(dir: PathBuf) -> RecorderConfig {
+        RecorderConfig { dir, segment: None, max_bytes: None, min_free: None }
+    }
+}
+
+/// Parses a duration flag: `600`, `600s`, `10m`, `1h` (0 means off).
+pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("bad duration {text:?}: expected e.g. 600s, 10m, 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value.saturating_mul(60),
+        "h" => value.saturating_mul(3600),
+        _ => return Err(format!("bad duration {text:?}: units are s, m, h")),
+    };
+    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
+}
+
+/// Parses a size flag: `500000`, `500K`, `200M`, `2G` (powers of 1024; 0 means off).
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("bad size {text:?}: expected e.g. 500M, 2G"))?;
+    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("bad size {text:?}: units are K, M, G, T")),
+    };
+    let bytes = value.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))?;
+    Ok((bytes > 0).then_some(bytes))
+}
+
 /// Counters the recorder adds to the shared registry.
 #[derive(Clone, Debug)]
 struct RecorderMetrics {
     errors: IntCounterVec,
     recordings: IntCounter,
     dropped: IntCounter,
+    deleted: IntCounter,
 }
 
 impl RecorderMetrics {
@@ -120,14 +196,17 @@ impl RecorderMetrics {
         )
         .expect("static metric");
         let recordings = IntCounter::new("streaming_recordings_total", "Recordings started").expect("static metric");
+        let deleted = IntCounter::new("streaming_recording_files_deleted_total", "Old recordings deleted by retention")
+            .expect("static metric");
+        let _ = registry.register(Box::new(deleted.clone()));
         // Export zeros from the start, so dashboards and alerts see the series.
-        for op in ["write", "fdatasync", "fsync", "fsync directory"] {
+        for op in ["write", "fdatasync", "fsync", "fsync directory", "create"] {
             errors.with_label_values(&[op]);
         }
         let _ = registry.register(Box::new(errors.clone()));
         let _ = registry.register(Box::new(recordings.clone()));
         let dropped = media.metrics.consumer_frames_dropped.with_label_values(&["recorder"]);
-        RecorderMetrics { errors, recordings, dropped }
+        RecorderMetrics { errors, recordings, dropped, deleted }
     }
 }
 
@@ -152,6 +231,7 @@ struct Active {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
+    config: RecorderConfig,
     media: Media,
     metrics: RecorderMetrics,
     /// Serialises start and stop; held across the stop's syncs, never by the
@@ -175,12 +255,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Recorder {
-    /// A recorder writing into `dir` (created on the first start).
+    /// A recorder writing one file per recording into `dir`.
     pub fn new(dir: PathBuf, media: Media) -> Recorder {
+        Recorder::with_config(RecorderConfig::new(dir), media)
+    }
+
+    /// A recorder as `config` says.
+    pub fn with_config(config: RecorderConfig, media: Media) -> Recorder {
         let metrics = RecorderMetrics::register(&media);
         Recorder {
             inner: Arc::new(Inner {
-                dir,
+                dir: config.dir.clone(),
+                config,
                 media,
                 metrics,
                 control: Mutex::new(None),
@@ -239,22 +325,30 @@ impl Recorder {
                 recording: true,
                 filename: name.clone(),
                 start_time: rfc3339_local(wall),
+                segments: 1,
                 ..RecordingStatus::default()
             };
             state.started = Some(Instant::now());
         }
         let (commands, command_rx) = flume::bounded(1);
-        let writer = Writer {
+        let writer_path = inner.dir.join(&name);
+        let mut writer = Writer {
             inner: inner.clone(),
             file,
-            path: inner.dir.join(&name),
+            path: writer_path.clone(),
             subscription,
             commands: command_rx,
+            name,
+            segment_bytes: 0,
+            segment_first_capture: None,
+            segments: 1,
             bytes: 0,
             frames: 0,
             dirty: false,
             last_sync: Instant::now(),
+            last_retention: Instant::now(),
         };
+        writer.enforce_retention();
         let thread = std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run())
@@ -264,7 +358,7 @@ impl Recorder {
         inner.media.metrics.recording_active.set(1);
         inner.media.metrics.recording_bytes.set(0);
         inner.media.metrics.recording_frames.set(0);
-        log::info!("recording: started {}", inner.dir.join(&name).display());
+        log::info!("recording: started {}", writer_path.display());
         drop(control);
         Ok(self.status())
     }
@@ -318,14 +412,21 @@ struct Writer {
     inner: Arc<Inner>,
     file: File,
     path: PathBuf,
+    name: String,
     subscription: Subscription,
     commands: flume::Receiver<Command>,
-    /// Bytes of whole access units written so far: the file's length.
+    /// Bytes of whole access units in the current file: its length.
+    segment_bytes: u64,
+    /// Capture time of the current file's first frame.
+    segment_first_capture: Option<Duration>,
+    segments: u64,
+    /// Bytes written to all of this recording's files.
     bytes: u64,
     frames: u64,
     /// Written since the last sync.
     dirty: bool,
     last_sync: Instant,
+    last_retention: Instant,
 }
 
 enum Event {
@@ -358,6 +459,9 @@ impl Writer {
                 Err(_timeout) => Ok(()),
             };
             let outcome = outcome.and_then(|()| self.sync_if_due());
+            if self.last_retention.elapsed() >= RETENTION_INTERVAL {
+                self.enforce_retention();
+            }
             if let Err((op, error)) = outcome {
                 self.fail(op, &error);
                 return;
@@ -366,10 +470,25 @@ impl Writer {
     }
 
     fn write(&mut self, au: &AccessUnit) -> Result<(), (&'static str, io::Error)> {
+        // Media time (the daemon's capture stamps), not wall time: the
+        // pre-roll arrives all at once. The slack lets a GOP exactly as long
+        // as the segment give one GOP per segment despite frame jitter.
+        let due = self.inner.config.segment.is_some_and(|length| {
+            self.segment_first_capture
+                .is_some_and(|first| au.capture_time.saturating_sub(first) + SEGMENT_SLACK >= length)
+        });
+        if au.is_idr && due && self.segment_bytes > 0 {
+            self.rotate()?;
+        }
+        if self.segment_first_capture.is_none() {
+            self.segment_first_capture = Some(au.capture_time);
+        }
         for chunk in au.annexb_chunks() {
             self.file.write_all(chunk).map_err(|e| ("write", e))?;
         }
-        self.bytes += au.annexb_len() as u64;
+        let len = au.annexb_len() as u64;
+        self.segment_bytes += len;
+        self.bytes += len;
         self.frames += 1;
         self.dirty = true;
         self.publish();
@@ -383,6 +502,60 @@ impl Writer {
             self.last_sync = Instant::now();
         }
         Ok(())
+    }
+
+    /// Closes the current file like a stop and continues in a new one.
+    fn rotate(&mut self) -> Result<(), (&'static str, io::Error)> {
+        self.file.sync_all().map_err(|e| ("fsync", e))?;
+        let dir = self.inner.dir.clone();
+        let (file, name) = create_unique(&dir, &local_stamp(SystemTime::now()))
+            .map_err(|e| ("create", io::Error::other(e.to_string())))?;
+        sync_dir(&dir).map_err(|e| ("fsync directory", e))?;
+        log::info!("recording: segment {} done ({} bytes); next {name}", self.path.display(), self.segment_bytes);
+        self.file = file;
+        self.path = dir.join(&name);
+        self.name = name.clone();
+        self.segment_bytes = 0;
+        self.segment_first_capture = None;
+        self.segments += 1;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        {
+            let mut state = lock(&self.inner.status);
+            state.status.filename = name;
+            state.status.segments = self.segments;
+        }
+        self.enforce_retention();
+        Ok(())
+    }
+
+    /// Deletes the oldest recordings while over the byte budget or under
+    /// the free-space floor. Never the current file; best effort (a file
+    /// that cannot be deleted is logged and skipped).
+    fn enforce_retention(&mut self) {
+        self.last_retention = Instant::now();
+        let config = &self.inner.config;
+        if config.max_bytes.is_none() && config.min_free.is_none() {
+            return;
+        }
+        let mut old = old_recordings(&self.inner.dir, &self.name);
+        let mut total: u64 = old.iter().map(|(_, _, size)| size).sum::<u64>() + self.segment_bytes;
+        for (path, _, size) in old.drain(..) {
+            let over_budget = config.max_bytes.is_some_and(|max| total > max);
+            let short_of_space =
+                config.min_free.is_some_and(|min| free_space(&self.inner.dir).is_some_and(|free| free < min));
+            if !over_budget && !short_of_space {
+                break;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    log::info!("recording: retention deleted {} ({size} bytes)", path.display());
+                    self.inner.metrics.deleted.inc();
+                    total = total.saturating_sub(size);
+                }
+                Err(e) => log::warn!("recording: retention cannot delete {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Copies the counters to the status and the metrics.
@@ -437,7 +610,7 @@ impl Writer {
         log::error!("recording: {message}; recording stopped");
         // Shrinking needs no space, so this works on a full disk; the file
         // then ends with a whole access unit and still plays.
-        if let Err(e) = self.file.set_len(self.bytes) {
+        if let Err(e) = self.file.set_len(self.segment_bytes) {
             log::warn!("recording: cannot truncate {} after the error: {e}", self.path.display());
         }
         let _ = self.file.sync_all();
@@ -475,6 +648,39 @@ fn create_unique(dir: &Path, stem: &str) -> Result<(File, String), RecorderError
         }
     }
     Err(RecorderError::Io(format!("{stem}_*.h264: more than {MAX_NAME_SUFFIX} files this second")))
+}
+
+/// The directory's `recording_*.h264` files other than `current`, oldest
+/// first: (path, modified, size).
+fn old_recordings(dir: &Path, current: &str) -> Vec<(PathBuf, SystemTime, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("recording_") && name.ends_with(".h264") && name != current
+        })
+        .filter_map(|e| {
+            let meta = e.metadata().ok().filter(|m| m.is_file())?;
+            Some((e.path(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()))
+        })
+        .collect();
+    files.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    files
+}
+
+/// Bytes available to this user on `dir`'s file system.
+fn free_space(dir: &Path) -> Option<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills a plain-data struct from a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 /// fsync on the directory, so a created file's name is durable.
@@ -560,6 +766,46 @@ mod tests {
         assert_eq!(&rfc[10..11], "T", "{rfc}");
         assert_eq!(&rfc[19..23], ".042", "{rfc}");
         assert!(rfc.ends_with('Z') || rfc[23..].len() == 6, "{rfc}");
+    }
+
+    #[test]
+    fn duration_and_size_flags() {
+        assert_eq!(parse_duration("").unwrap(), None);
+        assert_eq!(parse_duration("0").unwrap(), None);
+        assert_eq!(parse_duration("90").unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s").unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m").unwrap(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h").unwrap(), Some(Duration::from_secs(7200)));
+        for bad in ["m", "1.5m", "10x", "-1"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("").unwrap(), None);
+        assert_eq!(parse_size("1000").unwrap(), Some(1000));
+        assert_eq!(parse_size("500K").unwrap(), Some(500 << 10));
+        assert_eq!(parse_size("200M").unwrap(), Some(200 << 20));
+        assert_eq!(parse_size("2GiB").unwrap(), Some(2 << 30));
+        assert_eq!(parse_size("2g").unwrap(), Some(2 << 30));
+        for bad in ["M", "1.5G", "3Q", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retention_lists_old_recordings_oldest_first_and_skips_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, age_s) in [("recording_b.h264", 30), ("recording_a.h264", 10), ("notes.txt", 99), ("cur.h264", 50)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            let when = SystemTime::now() - Duration::from_secs(age_s);
+            File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+        }
+        std::fs::write(dir.path().join("recording_c.h264"), b"xyz").unwrap();
+        let names: Vec<String> = old_recordings(dir.path(), "recording_c.h264")
+            .into_iter()
+            .map(|(p, _, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["recording_b.h264", "recording_a.h264"]);
+        assert!(free_space(dir.path()).unwrap() > 0);
     }
 
     #[test]

@@ -12,21 +12,21 @@ use common::{demo_clip, fake_camera, unique_shm, Server};
 use control_support::*;
 
 fn start_server(shm: &str, dir: &Path) -> Server {
-    Server::start(
-        &[
-            "-shm",
-            shm,
-            "-http",
-            "127.0.0.1:0",
-            "-metrics",
-            "127.0.0.1:0",
-            "-pprof",
-            "",
-            "-record-path",
-            dir.to_str().unwrap(),
-        ],
-        &["http", "metrics"],
-    )
+    start_server_with(shm, dir, &[])
+}
+
+fn start_server_with(shm: &str, dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["-shm", shm, "-http", "127.0.0.1:0", "-metrics", "127.0.0.1:0", "-pprof", ""];
+    args.extend_from_slice(&["-record-path", dir.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    Server::start(&args, &["http", "metrics"])
+}
+
+/// The directory's recordings in the order they were written.
+fn recordings(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort_by_key(|p| (std::fs::metadata(p).unwrap().modified().unwrap(), p.clone()));
+    files
 }
 
 fn wait_healthy(server: &Server) {
@@ -282,4 +282,75 @@ fn a_camera_restart_mid_recording_resumes_at_the_next_idr() {
     let (probed, first_key) = ffprobe_frames(&path);
     assert_eq!((probed, first_key), (frames, true));
     eprintln!("{frames} frames across {gaps} camera restarts");
+}
+
+#[test]
+fn segments_start_at_idrs_and_join_into_one_run_of_the_clip() {
+    if !have_tool("ffprobe") || !have_tool("ffmpeg") {
+        return;
+    }
+    let clip = std::fs::read(demo_clip()).unwrap();
+    let shm = unique_shm("seg");
+    let _camera = fake_camera(&shm, &["-file", demo_clip().to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server_with(&shm, dir.path(), &["-record-segment", "1s"]);
+    wait_healthy(&server);
+    assert_eq!(post(&server.url("http", "/start"), b"").status, 200);
+    std::thread::sleep(Duration::from_millis(3600));
+    let stopped = post(&server.url("http", "/stop"), b"");
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    let status = stopped.json()["status"].clone();
+    let files = recordings(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    assert_eq!(status["segments"].as_u64().unwrap(), files.len() as u64);
+    assert_eq!(files.last().unwrap().file_name().unwrap().to_str(), status["filename"].as_str());
+
+    // Each segment plays alone and starts with a keyframe; all but the last
+    // hold whole GOPs (the clip has an IDR every 30 frames).
+    let mut joined = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        assert!(ffmpeg_errors(path).is_empty(), "{path:?}");
+        let (frames, first_key) = ffprobe_frames(path);
+        assert!(first_key, "{path:?} does not start with a keyframe");
+        if i + 1 < files.len() {
+            assert_eq!(frames % 30, 0, "{path:?}: {frames} frames");
+        }
+        joined.extend_from_slice(&std::fs::read(path).unwrap());
+    }
+    // Joined, they are the recording: no frame lost or repeated at a cut.
+    assert_eq!(joined.len() as u64, status["bytes_written"].as_u64().unwrap());
+    assert_eq!(assert_run_of_clip(&joined, &clip), status["frame_count"].as_u64().unwrap());
+}
+
+#[test]
+fn retention_deletes_the_oldest_recordings_beyond_the_byte_budget() {
+    if !have_tool("ffmpeg") {
+        return;
+    }
+    let shm = unique_shm("keep");
+    let _camera = fake_camera(&shm, &["-file", demo_clip().to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    // About 80 kB per 1 s segment against a 200 kB budget.
+    let server = start_server_with(&shm, dir.path(), &["-record-segment", "1s", "-record-max-bytes", "200000"]);
+    wait_healthy(&server);
+    assert_eq!(post(&server.url("http", "/start"), b"").status, 200);
+    let first = get(&server.url("http", "/status")).json()["filename"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(6000));
+    let stopped = post(&server.url("http", "/stop"), b"");
+    assert_eq!(stopped.status, 200, "{}", stopped.text());
+    let status = stopped.json()["status"].clone();
+    let files = recordings(dir.path());
+    let total: u64 = files.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let newest = std::fs::metadata(files.last().unwrap()).unwrap().len();
+    assert!(status["segments"].as_u64().unwrap() >= 5, "{status}");
+    assert!(files.len() < status["segments"].as_u64().unwrap() as usize, "nothing deleted: {files:?}");
+    assert!(!dir.path().join(&first).exists(), "the oldest segment {first} survived");
+    assert!(total <= 200_000 + newest, "{total} bytes kept");
+    assert!(dir.path().join(status["filename"].as_str().unwrap()).exists(), "the current file was deleted");
+    for path in &files {
+        assert!(ffmpeg_errors(path).is_empty(), "{path:?}");
+    }
+    let metrics = parse_metrics(&get(&server.url("metrics", "/metrics")).text());
+    let deleted = metrics["streaming_recording_files_deleted_total"];
+    assert_eq!(deleted as u64 + files.len() as u64, status["segments"].as_u64().unwrap());
 }
