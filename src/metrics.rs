@@ -48,6 +48,13 @@ pub struct Metrics {
     /// 1 while the camera's segment is mapped.
     pub camera_attached: IntGauge,
     pub camera_restarts: IntCounter,
+    /// From viewers' RTCP receiver reports (sampled every 2 s per viewer).
+    pub webrtc_rtt_ms: Histogram,
+    pub webrtc_jitter_ms: Histogram,
+    pub webrtc_packets_lost: IntCounter,
+    /// PLI/FIR received from viewers (each may restart that viewer from the
+    /// cached IDR, rate limited).
+    pub webrtc_keyframe_requests: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -129,6 +136,18 @@ impl Metrics {
             recording_frames: gauge(&r, "streaming_recording_frames", "Frames written to the current recording"),
             camera_attached: gauge(&r, "streaming_camera_attached", "1 while the camera's segment is mapped"),
             camera_restarts: counter(&r, "streaming_camera_restarts_total", "Camera segment re-attachments"),
+            webrtc_rtt_ms: latency_histogram(&r, "streaming_webrtc_rtt_ms", "Viewer round-trip time from RTCP, ms"),
+            webrtc_jitter_ms: latency_histogram(&r, "streaming_webrtc_jitter_ms", "Viewer interarrival jitter, ms"),
+            webrtc_packets_lost: counter(
+                &r,
+                "streaming_webrtc_packets_lost_total",
+                "RTP packets viewers reported lost",
+            ),
+            webrtc_keyframe_requests: counter(
+                &r,
+                "streaming_webrtc_keyframe_requests_total",
+                "PLI/FIR keyframe requests from viewers",
+            ),
             registry: r,
         }
     }

@@ -154,6 +154,11 @@ async fn connect_disconnect_churn_leaks_nothing() {
     let cycles: usize = std::env::var("WEBRTC_CHURN_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let rig = Rig::start("rtc_churn", 64);
     let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let rss_kib = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    };
+    let threads = || std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
     // Warm up once so lazily created runtime pieces are not counted.
     let (client, id) = rig.connect().await;
     assert!(!client.frames(1, Duration::from_secs(10)).await.is_empty());
@@ -161,7 +166,7 @@ async fn connect_disconnect_churn_leaks_nothing() {
     client.close().await;
     drop(client);
     assert!(wait_until(Duration::from_secs(5), || Viewers::live_tasks() == 0).await);
-    let fds_before = fds();
+    let (fds_before, rss_before, threads_before) = (fds(), rss_kib(), threads());
     let started = Instant::now();
     for cycle in 0..cycles {
         let (client, id) = rig.connect().await;
@@ -179,6 +184,62 @@ async fn connect_disconnect_churn_leaks_nothing() {
         "hub subscriptions leaked"
     );
     let fds_after = fds();
-    eprintln!("{cycles} cycles in {:?}; fds {fds_before} -> {fds_after}", started.elapsed());
+    eprintln!(
+        "{cycles} cycles in {:?}; fds {fds_before} -> {fds_after}; RSS {rss_before:?} -> {:?} KiB; threads {threads_before} -> {}",
+        started.elapsed(),
+        rss_kib(),
+        threads()
+    );
     assert!(fds_after <= fds_before + 4, "file descriptors leaked: {fds_before} -> {fds_after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyframe_request_restarts_the_viewer_from_the_cached_idr() {
+    let rig = Rig::start("rtc_pli", 2);
+    let (client, id) = rig.connect().await;
+    // Past the GOP-cache catch-up and the restart rate limit.
+    assert_eq!(client.frames(45, Duration::from_secs(10)).await.len(), 45);
+    tokio::time::sleep(streaming_server::webrtc::KEYFRAME_RESTART_INTERVAL).await;
+    let _ = client.frames.drain();
+    let before = rig.viewers.stats().keyframe_restarts;
+    client.send_pli().await;
+    // Several more at once: rate limited to one restart.
+    for _ in 0..4 {
+        client.send_pli().await;
+    }
+    assert!(wait_until(Duration::from_secs(5), || rig.viewers.stats().keyframe_restarts > before).await);
+    let frames = client.frames(40, Duration::from_secs(10)).await;
+    assert_eq!(frames.len(), 40);
+    assert_eq!(rig.viewers.stats().keyframe_restarts, before + 1, "PLIs are rate limited");
+    // An IDR with SPS/PPS follows within a few frames (not up to a GOP).
+    let restart = frames
+        .iter()
+        .position(|f| f.nals.first().is_some_and(|n| n[0] & 0x1f == 7) && f.nals.iter().any(|n| n[0] & 0x1f == 5))
+        .expect("an IDR after the PLI");
+    assert!(restart <= 3, "the IDR came {restart} frames after the PLI");
+    // From there the stream is the clip again, and timestamps still rise.
+    let clip = clip_nals(&std::fs::read(common::demo_clip()).unwrap());
+    let received: Vec<_> = frames[restart..].iter().flat_map(|f| f.nals.iter().cloned()).collect();
+    assert!(find_in_loop(&clip, &received).is_some());
+    assert!(frames.windows(2).all(|w| (w[1].timestamp.wrapping_sub(w[0].timestamp) as i32) > 0));
+    rig.viewers.close(&id);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_stun_server_does_not_hold_up_the_answer() {
+    // A STUN "server" that never answers: a bound socket nobody reads.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stun = format!("stun:{}", silent.local_addr().unwrap());
+    let rig = Rig::start_with("rtc_stun", 2, |config| config.stun = vec![stun]);
+    let client = Client::new(CHROME_H264).await;
+    let started = Instant::now();
+    // Ok (not the OFFER_TIMEOUT error): the gathering wait is bounded.
+    let session = rig.offer(&client.offer).await.expect("answered despite the silent STUN server");
+    eprintln!("answer with a silent STUN server after {:?}", started.elapsed());
+    assert!(session.answer_sdp.contains("127.0.0.1"), "host candidates are in the answer");
+    client.accept(session.answer_sdp).await;
+    assert_eq!(client.frames(5, Duration::from_secs(10)).await.len(), 5);
+    rig.viewers.close(&session.id);
+    client.close().await;
 }

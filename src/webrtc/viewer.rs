@@ -14,6 +14,7 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -75,9 +76,11 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Hands inbound PLI/FIR to the application (the track's event stream) and
-/// lets every other RTCP packet end with the interceptors that use it
-/// (receiver reports, NACKs). Placed application-most, after those.
+/// Hands inbound PLI/FIR and receiver reports to the application (the
+/// track's event stream) and lets every other RTCP packet end with the
+/// interceptors that use it (NACKs). Placed application-most, after those,
+/// so they have seen everything first. (`rtc` 0.21 does not feed receiver
+/// reports into its statistics, so the viewer reads them itself.)
 #[derive(Default)]
 struct KeyframeRequests {
     read: VecDeque<TaggedPacket>,
@@ -95,7 +98,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
-                .filter(|p| p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>())
+                .filter(|p| {
+                    let any = p.as_any();
+                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() || any.is::<ReceiverReport>()
+                })
                 .cloned()
                 .collect();
             if requests.is_empty() {
@@ -423,14 +429,29 @@ async fn serve(
     inner.connected.fetch_add(1, Ordering::Relaxed);
     log::info!("webrtc: viewer {short} connected in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
 
-    // PLI/FIR arrive on the track's event stream; a small task turns them
-    // into a bounded signal (one pending request is as good as many).
+    // PLI/FIR and receiver reports arrive on the track's event stream; a
+    // small task turns keyframe requests into a bounded signal (one pending
+    // request is as good as many) and receiver reports into metrics.
     let (keyframe_tx, mut keyframe_rx) = mpsc::channel::<()>(1);
     let track = negotiated.track.clone();
+    let metrics = inner.media.metrics.clone();
+    let ssrc = negotiated.ssrc;
+    let quality = Arc::new(std::sync::Mutex::new(Quality::default()));
+    let feedback_quality = quality.clone();
     let feedback = tokio::spawn(async move {
         while let Some(event) = track.poll().await {
-            if let TrackLocalEvent::OnRtcpPacket(_) = event {
-                let _ = keyframe_tx.try_send(());
+            let TrackLocalEvent::OnRtcpPacket(packets) = event else { continue };
+            for packet in &packets {
+                let any = packet.as_any();
+                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                    metrics.webrtc_keyframe_requests.inc();
+                    let _ = keyframe_tx.try_send(());
+                } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                    let mut quality = feedback_quality.lock().unwrap_or_else(|e| e.into_inner());
+                    for block in rr.reports.iter().filter(|b| b.ssrc == ssrc) {
+                        quality.update(block, &metrics);
+                    }
+                }
             }
         }
     });
@@ -446,6 +467,7 @@ async fn serve(
     };
     let mut last_restart = Instant::now();
     let mut last_usage = Instant::now();
+
     let mut first_frame_logged = false;
     let result = loop {
         tokio::select! {
@@ -488,7 +510,62 @@ async fn serve(
         }
     };
     feedback.abort();
+    let quality = quality.lock().unwrap_or_else(|e| e.into_inner());
+    log::info!(
+        "webrtc: viewer {short}: {} receiver reports, {} packets reported lost, jitter {:.1} ms, RTT {:.1} ms",
+        quality.reports,
+        quality.lost,
+        quality.jitter_ms,
+        quality.rtt_ms
+    );
     result
+}
+
+/// What a viewer's RTCP receiver reports say, for metrics and the log.
+#[derive(Debug, Default)]
+struct Quality {
+    reports: u64,
+    lost: u32,
+    rtt_ms: f64,
+    jitter_ms: f64,
+}
+
+impl Quality {
+    fn update(&mut self, block: &rtc::rtcp::reception_report::ReceptionReport, metrics: &crate::metrics::Metrics) {
+        self.reports += 1;
+        // Cumulative (24 bits) in the reports: count what is new.
+        if block.total_lost > self.lost {
+            metrics.webrtc_packets_lost.inc_by(u64::from(block.total_lost - self.lost));
+            self.lost = block.total_lost;
+        }
+        // Interarrival jitter is in RTP timestamp units (90 kHz).
+        self.jitter_ms = f64::from(block.jitter) / 90.0;
+        metrics.webrtc_jitter_ms.observe(self.jitter_ms);
+        if let Some(rtt) = round_trip(block.last_sender_report, block.delay, ntp_now_middle32()) {
+            self.rtt_ms = rtt;
+            metrics.webrtc_rtt_ms.observe(rtt);
+        }
+    }
+}
+
+/// The middle 32 bits of the NTP time now (1/65536 s units): the clock our
+/// sender reports were stamped with (wall clock, via the SR interceptor).
+fn ntp_now_middle32() -> u32 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seconds = unix.as_secs().wrapping_add(2_208_988_800);
+    let fraction = (u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000;
+    ((seconds << 16) as u32) | ((fraction >> 16) as u32)
+}
+
+/// RFC 3550 6.4.1: RTT = arrival - LSR - DLSR, all in 1/65536 s; None
+/// before the viewer has seen a sender report, or if clocks disagree.
+fn round_trip(last_sender_report: u32, delay: u32, arrival: u32) -> Option<f64> {
+    if last_sender_report == 0 {
+        return None;
+    }
+    let rtt = arrival.wrapping_sub(last_sender_report).wrapping_sub(delay);
+    // Negative (wrapped) or over a minute: not a measurement.
+    (rtt < 60 << 16).then(|| f64::from(rtt) * 1000.0 / 65536.0)
 }
 
 /// Sends one access unit: the shared packets with this viewer's header.
@@ -528,6 +605,18 @@ mod tests {
         // Capture time going backwards (camera restart): still forward.
         let h = s.timestamp(5);
         assert_eq!(h.wrapping_sub(g), 3000);
+    }
+
+    #[test]
+    fn round_trip_from_a_receiver_report() {
+        // SR sent at t=100 s, held 0.25 s by the viewer, report back at 100.3 s.
+        let lsr = 100 << 16;
+        let dlsr = 1 << 14;
+        let arrival = (100 << 16) + (3 << 16) / 10;
+        let rtt = round_trip(lsr, dlsr, arrival).unwrap();
+        assert!((rtt - 50.0).abs() < 0.1, "{rtt}");
+        assert_eq!(round_trip(0, 0, arrival), None, "no SR seen yet");
+        assert_eq!(round_trip(lsr, dlsr, lsr), None, "clock disagreement");
     }
 
     #[test]

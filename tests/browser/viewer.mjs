@@ -94,7 +94,7 @@ try {
   for (const { page, opened } of pages) {
     await page.waitForFunction(() => window.viewerStats && window.viewerStats.framesDecoded > 0, null, { timeout: 20000 });
     const s = await page.evaluate(() => window.viewerStats);
-    result.viewers.push({ pageToFirstStatsMs: Date.now() - opened, firstFrameMs: s.firstFrameMs });
+    result.viewers.push({ pageToFirstStatsMs: Date.now() - opened, firstFrameMs: s.firstFrameMs, timings: s.timings });
   }
   // Frame rate over a 5 s window, per page.
   const before = await Promise.all(pages.map(({ page }) => page.evaluate(() => ({ ...window.viewerStats }))));

@@ -51,6 +51,7 @@ struct Handler {
     state: watch::Sender<RTCPeerConnectionState>,
     gathered: watch::Sender<bool>,
     frames: flume::Sender<Frame>,
+    track: Arc<std::sync::Mutex<Option<Arc<dyn TrackRemote>>>>,
 }
 
 #[async_trait::async_trait]
@@ -66,6 +67,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        *self.track.lock().unwrap() = Some(track.clone());
         let frames = self.frames.clone();
         tokio::spawn(async move {
             let mut depacketizer = rtc::rtp::codec::h264::H264Packet::default();
@@ -107,6 +109,7 @@ pub struct Client {
     pub frames: flume::Receiver<Frame>,
     pub state: watch::Receiver<RTCPeerConnectionState>,
     pub offer: String,
+    track: Arc<std::sync::Mutex<Option<Arc<dyn TrackRemote>>>>,
 }
 
 impl Client {
@@ -162,7 +165,9 @@ impl Client {
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (gathered_tx, mut gathered) = watch::channel(false);
         let (frames_tx, frames) = flume::bounded(4096);
-        let handler = Arc::new(Handler { state: state_tx, gathered: gathered_tx, frames: frames_tx });
+        let track = Arc::new(std::sync::Mutex::new(None));
+        let handler =
+            Arc::new(Handler { state: state_tx, gathered: gathered_tx, frames: frames_tx, track: track.clone() });
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
@@ -192,7 +197,17 @@ impl Client {
         pc.set_local_description(offer).await.unwrap();
         tokio::time::timeout(Duration::from_secs(5), gathered.wait_for(|g| *g)).await.expect("gathering").unwrap();
         let offer = pc.local_description().await.unwrap().sdp;
-        Client { pc, frames, state, offer }
+        Client { pc, frames, state, offer, track }
+    }
+
+    /// Sends a Picture Loss Indication for the received video, as a
+    /// browser does when it cannot decode.
+    pub async fn send_pli(&self) {
+        let track = self.track.lock().unwrap().clone().expect("a track arrived");
+        let media_ssrc = *track.ssrcs().await.first().expect("the track has an SSRC");
+        let pli =
+            rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication { sender_ssrc: 0, media_ssrc };
+        track.write_rtcp(vec![Box::new(pli)]).await.expect("PLI sent");
     }
 
     pub async fn accept(&self, answer: String) {
@@ -246,6 +261,10 @@ pub struct Rig {
 
 impl Rig {
     pub fn start(tag: &str, max_clients: usize) -> Rig {
+        Rig::start_with(tag, max_clients, |_| {})
+    }
+
+    pub fn start_with(tag: &str, max_clients: usize, configure: impl FnOnce(&mut WebrtcConfig)) -> Rig {
         let shm = crate::common::unique_shm(tag);
         let camera = crate::common::fake_camera(&shm, &["-fps", "30"]);
         let media = Media::new(Arc::new(Metrics::new()));
@@ -259,6 +278,7 @@ impl Rig {
         assert!(media.hub.parameter_sets().is_some(), "the camera's SPS/PPS never arrived");
         let mut config = WebrtcConfig::new(max_clients);
         config.ips = vec!["127.0.0.1".parse().unwrap()];
+        configure(&mut config);
         let viewers = Viewers::new(config, media.clone(), shutdown.clone()).unwrap();
         Rig { _camera: camera, media, viewers, trigger: Some(trigger), media_thread: Some(media_thread), shutdown }
     }

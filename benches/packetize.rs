@@ -1,0 +1,109 @@
+//! Packetization benchmark: what packetizing an access unit into RTP costs
+//! (done once per frame for all viewers) and what a viewer's cache lookup
+//! costs, on a real clip.
+//!
+//! `cargo bench --bench packetize` (env: `BENCH_CLIP`, an Annex-B file; by
+//! default the 1080p30 clip the reader benchmark generates in target/bench/
+//! if present, else the bundled 640x360 demo clip).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use streaming_server::fake_camera::Clip;
+use streaming_server::h264::{AccessUnit, Processor, RawFrame};
+use streaming_server::webrtc::packetizer::{packetize, PacketCache, MAX_PAYLOAD};
+
+fn clip_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("BENCH_CLIP") {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let generated = root.join("target/bench/clip_1080p30_6mbps.h264");
+    if generated.exists() {
+        generated
+    } else {
+        root.join("assets/demo.h264")
+    }
+}
+
+fn main() {
+    let path = clip_path();
+    let clip = Clip::parse(&std::fs::read(&path).expect("read the clip")).expect("parse the clip");
+    let mut processor = Processor::new();
+    let units: Vec<Arc<AccessUnit>> = clip
+        .units
+        .iter()
+        .enumerate()
+        .filter_map(|(i, unit)| {
+            let frame = RawFrame {
+                data: Bytes::from(unit.clone()),
+                frame_number: i as u64,
+                index: i as u32,
+                capture_time: Duration::from_millis(33 * i as u64),
+                read_time: Duration::ZERO,
+                camera_id: 0,
+                width: clip.width,
+                height: clip.height,
+            };
+            processor.process(frame).ok().map(Arc::new)
+        })
+        .collect();
+    let bytes: usize = units.iter().map(|u| u.data.len()).sum();
+    println!(
+        "clip {} ({}x{}): {} access units, {:.0} KiB per frame on average",
+        path.display(),
+        clip.width,
+        clip.height,
+        units.len(),
+        bytes as f64 / units.len() as f64 / 1024.0
+    );
+
+    // Packetize every access unit, many rounds; IDRs and the rest apart.
+    let rounds = (20_000 / units.len()).max(3);
+    let (mut idr, mut other) = (Vec::new(), Vec::new());
+    let mut packets = 0usize;
+    for _ in 0..rounds {
+        for au in &units {
+            let started = Instant::now();
+            let p = packetize(au, MAX_PAYLOAD);
+            let took = started.elapsed();
+            packets += p.payloads.len();
+            std::hint::black_box(&p);
+            if au.is_idr {
+                idr.push(took)
+            } else {
+                other.push(took)
+            }
+        }
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        let mean = v.iter().sum::<Duration>() / v.len().max(1) as u32;
+        (mean, v[v.len() * 99 / 100])
+    };
+    let (idr_mean, idr_p99) = stats(&mut idr);
+    let (p_mean, p_p99) = stats(&mut other);
+    println!(
+        "packetize (once per frame for all viewers): IDR mean {:.1} us p99 {:.1} us; other frames mean {:.1} us p99 {:.1} us; {:.1} packets per frame",
+        idr_mean.as_secs_f64() * 1e6,
+        idr_p99.as_secs_f64() * 1e6,
+        p_mean.as_secs_f64() * 1e6,
+        p_p99.as_secs_f64() * 1e6,
+        packets as f64 / (rounds * units.len()) as f64
+    );
+
+    // A viewer's lookup of an access unit another viewer packetized.
+    let cache = PacketCache::new();
+    let window = &units[..units.len().min(100)];
+    for au in window {
+        cache.get(au);
+    }
+    let lookups = 200_000;
+    let started = Instant::now();
+    for i in 0..lookups {
+        std::hint::black_box(cache.get(&window[i % window.len()]));
+    }
+    println!("cache hit (per viewer per frame): {:.0} ns", started.elapsed().as_secs_f64() * 1e9 / lookups as f64);
+}
