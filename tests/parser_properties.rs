@@ -116,3 +116,61 @@ proptest! {
         }
     }
 }
+
+mod frame_validator {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use streaming_server::abi::{Layout, TimeBits, MAX_FRAME_SIZE};
+    use streaming_server::shm::{Segment, WriteFrame};
+
+    /// One real segment shared by all cases (creating 93 MB per case is slow).
+    fn segment() -> &'static Segment {
+        static SEGMENT: OnceLock<Segment> = OnceLock::new();
+        SEGMENT.get_or_init(|| {
+            let name = format!("/ss_test_props_{}", std::process::id());
+            let segment = Segment::create(&name, Layout::new(TimeBits::Native)).unwrap();
+            Segment::unlink(&name); // the mapping stays; nothing is left behind
+            segment
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Whatever the daemon's header claims, reading the slot yields a
+        /// frame whose size is the claimed one, or an error: never a panic,
+        /// never a read outside the slot.
+        #[test]
+        fn any_header_content_is_read_or_refused(
+            format in prop_oneof![Just(3), any::<i32>()],
+            data_size in prop_oneof![0u64..64, Just(MAX_FRAME_SIZE as u64), Just(MAX_FRAME_SIZE as u64 + 1), any::<u64>()],
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+            secs in any::<u64>(),
+            nanos in any::<u32>(),
+        ) {
+            let segment = segment();
+            let frame = WriteFrame {
+                frame_number: 1,
+                capture_time: Duration::new(secs % (1 << 40), nanos % 1_000_000_000),
+                camera_id: 0,
+                width: 1,
+                height: 1,
+                format,
+                data_size,
+                data: &data,
+                post: false,
+            };
+            let index = segment.write_frame(&frame, || {});
+            match segment.read_frame(index) {
+                Ok(read) => {
+                    prop_assert_eq!(format, 3);
+                    prop_assert_eq!(read.data.len() as u64, data_size);
+                    prop_assert!(data_size > 0 && data_size <= MAX_FRAME_SIZE as u64);
+                }
+                Err(error) => prop_assert!(!error.to_string().is_empty()),
+            }
+        }
+    }
+}

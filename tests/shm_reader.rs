@@ -291,3 +291,20 @@ fn a_hub_consumer_starts_at_an_idr_and_gets_consecutive_access_units() {
     assert_eq!((info.width, info.height, info.profile_idc), (640, 360, 66));
     assert_eq!(sub.stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_segment_of_the_wrong_size_is_refused_then_the_real_one_is_read() {
+    let clip = clip();
+    let shm = unique_shm("wrongsize");
+    // Something else holds the name with the wrong size (or a daemon built
+    // with another time_t layout): the reader must wait, not crash.
+    let path = format!("/dev/shm{shm}");
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    let reader = Reader::start(&shm, None);
+    let early = reader.collect(&clip, 1, Duration::from_millis(600));
+    assert!(early.is_empty(), "nothing read from a wrong-size segment: {early:?}");
+    std::fs::remove_file(&path).unwrap();
+    let _camera = fake_camera(&shm, &["-fps", "60", "-frames", "60", "-linger-ms", "2000"]);
+    let seen = reader.collect(&clip, 60, Duration::from_secs(20));
+    assert_eq!(runs(&seen, clip.units.len())[0].len(), 60);
+}
