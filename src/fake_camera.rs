@@ -18,7 +18,7 @@ use crate::shutdown::Shutdown;
 
 /// The built-in demo clip: 6 s of 640x360 constrained-baseline H.264 at 30
 /// fps, an IDR every second, with a moving test pattern, a clock and a
-/// frame counter (generated with ffmpeg's `testsrc`, see README).
+/// frame counter (made by `scripts/make-demo-clip.sh`).
 pub static DEMO_CLIP: &[u8] = include_bytes!("../assets/demo.h264");
 
 /// Kinds of malformed frame the fake camera can inject, in turn.
