@@ -349,10 +349,16 @@ impl Recorder {
             last_retention: Instant::now(),
         };
         writer.enforce_retention();
-        let thread = std::thread::Builder::new()
-            .name("recorder".into())
-            .spawn(move || writer.run())
-            .map_err(|e| RecorderError::Io(format!("cannot start the recorder thread: {e}")))?;
+        let thread = match std::thread::Builder::new().name("recorder".into()).spawn(move || writer.run()) {
+            Ok(thread) => thread,
+            Err(e) => {
+                let why = format!("cannot start the recorder thread: {e}");
+                let mut state = lock(&inner.status);
+                state.status.recording = false;
+                state.status.error = Some(why.clone());
+                return Err(RecorderError::Io(why));
+            }
+        };
         *control = Some(Active { commands, thread });
         inner.metrics.recordings.inc();
         inner.media.metrics.recording_active.set(1);
