@@ -18,13 +18,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use streaming_server::abi::{Layout, TimeBits, FORMAT_H264};
+use streaming_server::abi::{Layout, TimeBits};
 use streaming_server::clock::monotonic_now;
 use streaming_server::fake_camera::Clip;
 use streaming_server::hub::{StartAt, SubscribeOptions};
 use streaming_server::metrics::Metrics;
 use streaming_server::pipeline::{self, Media};
-use streaming_server::shm::{ReaderConfig, Segment, WriteFrame};
+use streaming_server::shm::{ReaderConfig, Segment};
 use streaming_server::shutdown;
 
 fn bench_clip() -> Result<PathBuf, String> {
@@ -122,19 +122,7 @@ fn main() -> Result<(), String> {
     let interval = Duration::from_secs_f64(1.0 / 30.0);
     let mut due = Instant::now();
     for n in 0..frames {
-        let unit = &clip.units[(n % clip.units.len() as u64) as usize];
-        let frame = WriteFrame {
-            frame_number: n,
-            capture_time: monotonic_now(),
-            camera_id: 0,
-            width: clip.width,
-            height: clip.height,
-            format: FORMAT_H264,
-            data_size: unit.len() as u64,
-            data: unit,
-            post: true,
-        };
-        segment.write_frame(&frame, || {});
+        segment.write_frame(&clip.frame(n, n), || {});
         posted.insert(n, monotonic_now());
         due += interval;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));

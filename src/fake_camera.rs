@@ -77,6 +77,22 @@ pub struct Clip {
 }
 
 impl Clip {
+    /// Clip frame `n` (looping) as the daemon would write it now.
+    pub fn frame(&self, n: u64, frame_number: u64) -> WriteFrame<'_> {
+        let unit = &self.units[(n % self.units.len() as u64) as usize];
+        WriteFrame {
+            frame_number,
+            capture_time: monotonic_now(),
+            camera_id: 0,
+            width: self.width,
+            height: self.height,
+            format: FORMAT_H264,
+            data_size: unit.len() as u64,
+            data: unit,
+            post: true,
+        }
+    }
+
     pub fn parse(stream: &[u8]) -> Result<Clip, String> {
         let units: Vec<Vec<u8>> = split_access_units(stream).into_iter().map(|r| stream[r].to_vec()).collect();
         if units.is_empty() {
@@ -120,18 +136,8 @@ pub fn run(options: &FakeCameraOptions, clip: &Clip, shutdown: &Shutdown) -> Res
             segment.set_write_index(options.start_index);
             frame_number = 0;
         }
-        let unit = &clip.units[(written % clip.units.len() as u64) as usize];
-        let mut frame = WriteFrame {
-            frame_number,
-            capture_time: monotonic_now(),
-            camera_id: 0,
-            width: clip.width,
-            height: clip.height,
-            format: FORMAT_H264,
-            data_size: unit.len() as u64,
-            data: unit,
-            post: options.post,
-        };
+        let mut frame = clip.frame(written, frame_number);
+        frame.post = options.post;
         segment.write_frame(&frame, || {
             if let Some(pause) = options.slow_copy {
                 std::thread::sleep(pause);
