@@ -3,7 +3,8 @@
 //! that costs in CPU, how long `/stop` (flush + fsync + directory fsync)
 //! and a SIGTERM exit take.
 //!
-//! `cargo bench --bench control_plane` (env: `BENCH_SECONDS`, default 10;
+//! `cargo bench --bench control_plane` (env: `BENCH_SECONDS`, default 10,
+//! or 1 when run by `cargo test`;
 //! `BENCH_CLIENTS`, default 4). The camera is the fake camera playing the
 //! demo clip at 30 fps; the recording goes to a temporary directory on the
 //! disk that holds `target/`.
@@ -34,7 +35,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let seconds = env_number("BENCH_SECONDS", 10);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // too, without it: a 1 s smoke run there, so the suite stays quick.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let seconds = env_number("BENCH_SECONDS", if benching { 10 } else { 1 });
     let clients = env_number("BENCH_CLIENTS", 4) as usize;
     let shm = common::unique_shm("bench_ctl");
     let _camera = common::fake_camera(&shm, &[]);

@@ -163,7 +163,7 @@ pub fn ffprobe_frames(path: &Path) -> (u64, bool) {
     assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let first_key = lines.first().is_some_and(|l| l.starts_with("1,I") || l.starts_with("1"));
+    let first_key = lines.first().is_some_and(|l| l.split(',').next() == Some("1"));
     (lines.len() as u64, first_key)
 }
 
