@@ -7,7 +7,7 @@
 //! or 1 when run by `cargo test`;
 //! `BENCH_CLIENTS`, default 4). The camera is the fake camera playing the
 //! demo clip at 30 fps; the recording goes to a temporary directory on the
-//! disk that holds `target/`.
+//! disk that holds `target/` (a temporary directory inside it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -42,7 +42,7 @@ fn main() {
     let clients = env_number("BENCH_CLIENTS", 4) as usize;
     let shm = common::unique_shm("bench_ctl");
     let _camera = common::fake_camera(&shm, &[]);
-    let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir");
+    let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).expect("temp dir");
     let record_path = dir.path().to_str().expect("UTF-8 temp path").to_string();
     let mut server = common::Server::start(
         &["-shm", &shm, "-http", "127.0.0.1:0", "-metrics", "127.0.0.1:0", "-pprof", "", "-record-path", &record_path],
