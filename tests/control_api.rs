@@ -122,6 +122,15 @@ fn every_route_answers_bad_input_with_the_right_status_and_a_json_error() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     assert_eq!(raw(addr, &chunked, Duration::from_secs(5)).0, 413);
+    // Chunk sizes that overflow or lie.
+    for size in ["FFFFFFFFFFFFFFFFFFFFFFFF", "zz", "7fffffffffffffff"] {
+        let request = format!(
+            "POST /offer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{size}\r\n{}",
+            "a".repeat(70_000)
+        );
+        let (status, text) = raw(addr, request.as_bytes(), Duration::from_secs(5));
+        assert!([400, 408, 413].contains(&status), "chunk size {size}: {text}");
+    }
 
     // WHEP: wrong content type, empty, unknown session.
     call("POST", &url("/whep"), &[("Content-Type", "application/json")], Some(b"{}")).assert_json_error(415);
