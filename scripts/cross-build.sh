@@ -13,7 +13,10 @@
 #          shows frames flowing, a recording made through /start and /stop
 #          decodes with ffprobe. On armv7 both time_t layouts are run.
 #
-# Output: target/cross/TARGET/release/streaming-server (size printed).
+# Output: target/cross/TARGET/release/streaming-server (size printed). With
+# --test it is built together with the test (one build instead of two), with
+# the few extra dependency features the tests enable; build without --test
+# for the exact binary to ship.
 # How: Debian's rustc-web/cargo-web (the same release for the host and the
 # target), the target's std unpacked from Debian's libstd-rust-web-dev .deb
 # into /usr/lib/rustlib/TARGET (not installed as a multiarch package: that
@@ -81,8 +84,14 @@ apt_install rustc-web cargo-web "gcc-$gnu" "libc6-dev-$deb_arch-cross" qemu-user
 
 rustc=/usr/bin/rustc
 std_works() { # the unpacked std must be from exactly this rustc's build
-    echo '#![no_main] pub fn f() -> String { std::env::args().collect() }' |
-        "$rustc" --target "$target" --crate-type lib --emit metadata -o /dev/null - 2>/dev/null
+    # Output into a scratch dir: rustc replaces its -o file by renaming, and
+    # run as root with -o /dev/null that turns /dev/null into a plain file.
+    local scratch status=0
+    scratch=$(mktemp -d)
+    echo 'pub fn f() -> String { std::env::args().collect() }' |
+        "$rustc" --target "$target" --crate-type lib --emit metadata --out-dir "$scratch" - 2>"$scratch/err" || status=$?
+    rm -rf "$scratch"
+    return $status
 }
 if ! std_works; then
     version=$(dpkg-query -W -f='${Version}' rustc-web)
@@ -123,19 +132,25 @@ runner="$qemu -L $sysroot -E LD_LIBRARY_PATH=$sysroot/lib"
 export "CARGO_TARGET_${upper}_RUNNER=$runner"
 cargo=(nice -n 19 /usr/bin/cargo)
 
-phase "release build ($("$rustc" --version))"
-"${cargo[@]}" build --locked --release --target "$target" --bin streaming-server
 bin="$CARGO_TARGET_DIR/$target/release/streaming-server"
+if [ $run_test = 1 ]; then
+    # One build for both: the integration test makes cargo build the binary
+    # too, in the same release profile. (A separate `cargo build` would
+    # compile every dependency again, since dev-dependencies add features.)
+    # The test runs under qemu right after the build, in the same command
+    # (two commands would rebuild whenever the tree changed in between).
+    phase "release build and ABI layout test under $qemu ($("$rustc" --version))"
+    "${cargo[@]}" test --locked --release --target "$target" --test abi_layout -- --nocapture
+    note=" (with dev-dependency features, as built for the tests)"
+else
+    phase "release build ($("$rustc" --version))"
+    "${cargo[@]}" build --locked --release --target "$target" --bin streaming-server
+    note=""
+fi
 size=$(stat -c %s "$bin")
 glibc=$("$gnu-objdump" -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
 phase "built $bin"
-echo "binary size $target: $size bytes ($((size / 1024)) KiB), needs ${glibc/_/ >= }"
-
-if [ $run_test = 1 ]; then
-    phase "ABI layout test under $qemu"
-    # Release profile: reuses the dependencies the build above compiled.
-    "${cargo[@]}" test --locked --release --target "$target" --test abi_layout -- --nocapture
-fi
+echo "binary size $target: $size bytes ($((size / 1024)) KiB)$note, needs ${glibc/_/ >= }"
 
 if [ $run_smoke = 1 ]; then
     apt_install ffmpeg || skip "apt could not install ffmpeg (ffprobe)"
