@@ -565,7 +565,7 @@ impl Completion {
     fn update(&mut self, write_index: u32, took_post: bool, drained: u32, now: Instant) -> u32 {
         if took_post || drained > 0 {
             self.last_post_at = now;
-        } else if now.duration_since(self.last_post_at) >= POSTS_ABSENT_AFTER {
+        } else if self.posts_absent(now) {
             self.pinned = false;
         }
         self.posts = self.posts.wrapping_add(u32::from(took_post)).wrapping_add(drained);
@@ -585,7 +585,7 @@ impl Completion {
             self.set_posted(write_index);
             posted = write_index;
         }
-        if posted != write_index && !self.pinned && now.duration_since(self.index_changed_at) >= SETTLE_TIME {
+        if posted != write_index && self.may_settle(now) && now.duration_since(self.index_changed_at) >= SETTLE_TIME {
             self.set_posted(write_index);
             self.pinned = true;
             posted = write_index;
@@ -598,10 +598,22 @@ impl Completion {
         }
     }
 
+    fn posts_absent(&self, now: Instant) -> bool {
+        now.duration_since(self.last_post_at) >= POSTS_ABSENT_AFTER
+    }
+
+    /// Timing may mark the newest frame complete only while the count is not
+    /// pinned, and only once a post has been seen (the frame it came with is
+    /// then almost surely done) or posts have stopped coming. Before any
+    /// post, a frame caught mid-copy at attach is left to its post.
+    fn may_settle(&self, now: Instant) -> bool {
+        !self.pinned && (self.posts > 0 || self.posts_absent(now))
+    }
+
     /// How long the reader may sleep on the semaphore: short while only
     /// timing can tell that the newest frame is complete.
-    fn next_wait(&self, complete_end: u32) -> Duration {
-        if complete_end != self.last_index && !self.pinned {
+    fn next_wait(&self, complete_end: u32, now: Instant) -> Duration {
+        if complete_end != self.last_index && self.may_settle(now) {
             SETTLE_TIME
         } else {
             IDLE_WAIT
@@ -774,7 +786,7 @@ fn follow(
                 }
             }
         }
-        wait = completion.next_wait(complete_end);
+        wait = completion.next_wait(complete_end, now);
     }
 }
 
@@ -807,7 +819,7 @@ mod tests {
         // Frame 10 starts and takes 50 ms: counting now waits for its post.
         assert!(c.needs_drain(11));
         assert_eq!(c.update(11, false, 0, t0), 10);
-        assert_eq!(c.next_wait(10), IDLE_WAIT);
+        assert_eq!(c.next_wait(10, t0), IDLE_WAIT);
         assert_eq!(c.update(11, false, 0, t0 + Duration::from_millis(50)), 10);
         assert_eq!(c.update(11, true, 0, t0 + Duration::from_millis(51)), 11);
     }
@@ -820,7 +832,7 @@ mod tests {
         assert_eq!(c.update(10, false, 0, t0), 9, "unknown yet, so pessimistic");
         // Frame 10 starts and is posted before the reader looks.
         assert_eq!(c.update(11, true, 0, t0), 10);
-        assert_eq!(c.next_wait(10), SETTLE_TIME);
+        assert_eq!(c.next_wait(10, t0), SETTLE_TIME);
         assert_eq!(c.update(11, false, 0, t0 + SETTLE_TIME), 11, "settled: pinned by timing");
         // From now on each post says it at once.
         assert_eq!(c.update(12, true, 0, t0 + SETTLE_TIME * 3), 12);
@@ -838,14 +850,25 @@ mod tests {
     fn a_count_one_too_high_is_corrected_by_the_next_post() {
         let t0 = Instant::now();
         let mut c = Completion::new(10, t0);
-        // Frame 10 started; a 20 ms copy outlasts the settle time: the
-        // timing guess is wrong, and frame 10 is taken early.
-        assert_eq!(c.update(11, false, 0, t0), 10);
+        // A post arrives together with frame 10's start; it was really
+        // frame 9's, and frame 10's copy outlasts the settle time: the
+        // timing guess takes frame 10 early.
+        assert_eq!(c.update(11, true, 0, t0), 10);
         assert_eq!(c.update(11, false, 0, t0 + SETTLE_TIME), 11);
-        // Its post arrives: one more than frames started, so re-based.
+        // Frame 10's post arrives: one more than frames started, so re-based.
         assert_eq!(c.update(11, true, 0, t0 + Duration::from_millis(20)), 11);
         assert_eq!(c.update(12, false, 0, t0 + Duration::from_millis(40)), 11);
         assert_eq!(c.update(12, true, 0, t0 + Duration::from_millis(41)), 12);
+    }
+
+    #[test]
+    fn a_frame_caught_mid_copy_at_attach_waits_for_its_post() {
+        let t0 = Instant::now();
+        let mut c = Completion::new(5, t0);
+        assert_eq!(c.update(5, false, 0, t0), 4);
+        assert_eq!(c.next_wait(4, t0), IDLE_WAIT, "no timing guess before any post");
+        assert_eq!(c.update(5, false, 0, t0 + Duration::from_millis(50)), 4);
+        assert_eq!(c.update(5, true, 0, t0 + Duration::from_millis(51)), 5);
     }
 
     #[test]
@@ -854,10 +877,10 @@ mod tests {
         let mut c = Completion::new(5, t0);
         let t1 = t0 + POSTS_ABSENT_AFTER;
         assert_eq!(c.update(6, false, 0, t1), 5);
-        assert_eq!(c.next_wait(5), SETTLE_TIME);
+        assert_eq!(c.next_wait(5, t1), SETTLE_TIME);
         assert_eq!(c.update(6, false, 0, t1 + SETTLE_TIME / 2), 5);
         assert_eq!(c.update(6, false, 0, t1 + SETTLE_TIME), 6);
-        assert_eq!(c.next_wait(6), IDLE_WAIT);
+        assert_eq!(c.next_wait(6, t1 + SETTLE_TIME), IDLE_WAIT);
         let t2 = t1 + POSTS_ABSENT_AFTER * 2;
         assert_eq!(c.update(7, false, 0, t2), 6);
         assert_eq!(c.update(7, false, 0, t2 + SETTLE_TIME), 7);
