@@ -1,7 +1,8 @@
 //! Reader benchmark: how long after the writer's `sem_post` a frame is
 //! available to consumers, and what the media thread costs, at 1080p30.
 //!
-//! `cargo bench --bench reader` (env: `BENCH_SECONDS`, default 60;
+//! `cargo bench --bench reader` (env: `BENCH_SECONDS`, default 60 (1 under
+//! `cargo test`, on the demo clip);
 //! `BENCH_CLIP`, an Annex-B file; by default a 1080p30 ~6 Mbit/s clip with an
 //! IDR every second is generated once with ffmpeg into target/bench/).
 //!
@@ -27,9 +28,12 @@ use streaming_server::pipeline::{self, Media};
 use streaming_server::shm::{ReaderConfig, Segment};
 use streaming_server::shutdown;
 
-fn bench_clip() -> Result<PathBuf, String> {
+fn bench_clip(benching: bool) -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("BENCH_CLIP") {
         return Ok(PathBuf::from(path));
+    }
+    if !benching {
+        return Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo.h264"));
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let path = dir.join("clip_1080p30_6mbps.h264");
@@ -68,9 +72,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> Result<(), String> {
-    // `cargo bench` passes --bench; ignore it and any filter.
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-    let clip_path = bench_clip()?;
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this too,
+    // without it: a 1 s smoke run on the demo clip there.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let seconds: u64 =
+        std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if benching { 60 } else { 1 });
+    let clip_path = bench_clip(benching)?;
     let clip = Clip::parse(&std::fs::read(&clip_path).map_err(|e| e.to_string())?)?;
     let bytes: usize = clip.units.iter().map(Vec::len).sum();
     let mbps = bytes as f64 * 8.0 / (clip.units.len() as f64 / 30.0) / 1e6;
@@ -142,6 +149,9 @@ fn main() -> Result<(), String> {
         .collect();
     latencies.sort_by(f64::total_cmp);
     println!("frames written {frames}, reached the consumer {}", latencies.len());
+    if latencies.len() as u64 != frames {
+        return Err(format!("{} of {frames} frames never reached the consumer", frames - latencies.len() as u64));
+    }
     println!(
         "sem_post -> available to a consumer: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (target p99 < 2 ms)",
         percentile(&latencies, 0.5),
