@@ -6,8 +6,10 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn chromium() -> PathBuf {
     PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
@@ -78,4 +80,41 @@ fn chromium_plays_the_viewer_page_in_three_tabs() {
     let changed = shot["changedFraction"].as_f64().unwrap();
     assert!(changed > 0.005, "the picture does not move ({changed} of pixels changed in 0.5 s)");
     let _ = std::fs::remove_file(&screenshot);
+}
+
+#[test]
+fn the_viewer_page_reconnects_when_the_stream_stops_and_comes_back() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !tools_present(&browser_dir) {
+        return;
+    }
+    let shm = common::unique_shm("browser_reconnect");
+    let camera = common::fake_camera(&shm, &["-fps", "30"]);
+    let server = common::Server::start(
+        &["-shm", &shm, "-http", "127.0.0.1:0", "-metrics", "", "-pprof", "", "-webrtc-ip", "127.0.0.1"],
+        &["http"],
+    );
+    let mut node = Command::new("node")
+        .current_dir(&browser_dir)
+        .env("STREAMING_TEST_CHROMIUM", chromium())
+        .args(["viewer.mjs", &server.url("http", "/"), "1", "/dev/null", "reconnect"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node");
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(ready, "READY", "the page never played:\n{}", server.proc.log());
+    // The stream stops for longer than the page's stall limit (4 s)...
+    drop(camera);
+    std::thread::sleep(Duration::from_secs(6));
+    // ...and comes back.
+    let _camera = common::fake_camera(&shm, &["-fps", "30"]);
+    let result = lines.next().and_then(Result::ok).unwrap_or_default();
+    let status = node.wait().unwrap();
+    assert!(status.success(), "viewer.mjs failed: {result}\nserver log:\n{}", server.proc.log());
+    eprintln!("reconnect: {result}");
+    let result: serde_json::Value = serde_json::from_str(&result).expect("JSON from viewer.mjs");
+    assert_eq!(result["reconnected"], true);
+    assert!(result["connects"].as_u64().unwrap() >= 2);
 }

@@ -70,19 +70,22 @@ async fn viewers_share_one_packetization_and_the_limit_holds() {
     assert!(started.elapsed() < Duration::from_secs(1));
     extra.close().await;
 
-    let before = rig.viewers.stats();
-    let published_before = rig.media.hub.published();
     for (client, _) in &clients {
         let frames = client.frames(60, Duration::from_secs(15)).await;
         assert_eq!(frames.len(), 60);
         assert!(frames.iter().all(|f| !f.damaged));
     }
-    let after = rig.viewers.stats();
-    let published = rig.media.hub.published() - published_before;
-    let packetized = after.packetized - before.packetized;
-    // Three viewers, yet each access unit was packetized about once.
-    assert!(packetized <= published + 2, "packetized {packetized} for {published} frames and 3 viewers");
-    assert!(after.cache_hits - before.cache_hits >= 2 * packetized.saturating_sub(2));
+    let stats = rig.viewers.stats();
+    // Each access unit is packetized at most once, however many viewers...
+    assert!(
+        stats.packetized <= rig.media.hub.published(),
+        "packetized {} access units, {} published",
+        stats.packetized,
+        rig.media.hub.published()
+    );
+    // ...and with three viewers about two lookups in three are cache hits.
+    let lookups = stats.packetized + stats.cache_hits;
+    assert!(stats.cache_hits * 10 >= lookups * 6, "{stats:?}");
 
     for (client, id) in &clients {
         assert!(rig.viewers.close(id));

@@ -28,6 +28,18 @@
 //!    cached IDR, at most once per [`KEYFRAME_RESTART_INTERVAL`]; NACKs are
 //!    answered by the crate's NACK responder.
 //!
+//! Instant start, the trade-off: the GOP cache gives the decoder an IDR at
+//! once (no wait of up to a GOP for the camera's next one), but those frames
+//! are up to a GOP old. Sent with their capture timestamps, a browser would
+//! play them at camera pace and stay a GOP behind live for a long while; so
+//! the catch-up frames are stamped 1 tick apart and the browser shows the
+//! newest at once, then live frames follow at the capture cadence (the page
+//! also sets `jitterBufferTarget = 0`). The cost: the whole cached GOP (up
+//! to about a second of bitrate) leaves in one burst, which a lossy Wi-Fi
+//! link may partly drop (NACK repairs it, or a PLI restarts from the IDR).
+//! The playout-delay header extension would do the same on Chromium only and
+//! costs a header extension per packet per viewer, so it is not used.
+//!
 //! Overflow: a viewer that cannot keep up fills its hub queue; the hub drops
 //! whole frames up to the next IDR for that viewer alone and counts them in
 //! `streaming_webrtc_frames_dropped_total`. Bad input: an offer that does
@@ -73,6 +85,9 @@ pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(2);
 pub const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(3);
 /// Keyframe requests restart a viewer at most this often.
 pub const KEYFRAME_RESTART_INTERVAL: Duration = Duration::from_secs(1);
+/// No camera frame for this long: the GOP cache is stale, and a keyframe
+/// request waits for the camera's next IDR instead of replaying the cache.
+pub const STALE_CAMERA: Duration = Duration::from_secs(1);
 /// Frames a viewer's hub queue holds: a whole GOP from the cache plus a
 /// second of live frames at 30 fps, so a GOP-cache start never overflows.
 pub const VIEWER_QUEUE_FRAMES: usize = 96;

@@ -2,9 +2,12 @@
 // must decode frames at the camera's rate; a screenshot of the video must
 // not be black and two of them must differ (the picture moves).
 //
-// Usage: node viewer.mjs URL [VIEWERS] [SCREENSHOT.png]
+// Usage: node viewer.mjs URL [VIEWERS] [SCREENSHOT.png] [reconnect]
 // Prints one JSON line with what it measured; exits non-zero on a failure
 // to run (assertions are made by the Rust test that spawns this).
+// In reconnect mode it prints READY once frames play, then waits (up to
+// 60 s) for the page to have reconnected and to play again, while the test
+// stops and restarts the camera.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import os from "node:os";
@@ -14,6 +17,7 @@ import zlib from "node:zlib";
 const url = process.argv[2];
 const viewers = Number(process.argv[3] || 3);
 const screenshotPath = process.argv[4] || path.join(os.tmpdir(), "viewer.png");
+const reconnectMode = process.argv[5] === "reconnect";
 const executablePath = process.env.STREAMING_TEST_CHROMIUM || "/usr/bin/chromium";
 
 // Minimal PNG decoder (8-bit RGB/RGBA, non-interlaced: what Chromium writes),
@@ -95,6 +99,26 @@ try {
     await page.waitForFunction(() => window.viewerStats && window.viewerStats.framesDecoded > 0, null, { timeout: 20000 });
     const s = await page.evaluate(() => window.viewerStats);
     result.viewers.push({ pageToFirstStatsMs: Date.now() - opened, firstFrameMs: s.firstFrameMs, timings: s.timings });
+  }
+  if (reconnectMode) {
+    const page = pages[0].page;
+    console.log("READY");
+    // The camera goes away: the page notices the stall and reconnects.
+    const dump = async (what) => {
+      const s = await page.evaluate(() => ({ ...window.viewerStats }));
+      throw new Error(what + ": " + JSON.stringify(s));
+    };
+    await page.waitForFunction(() => window.viewerStats.connects >= 2, null, { timeout: 60000, polling: 200 })
+      .catch(() => dump("no reconnect"));
+    const afterReconnect = await page.evaluate(() => window.viewerStats.framesDecoded);
+    // And plays again once the camera is back.
+    await page.waitForFunction((n) => window.viewerStats.framesDecoded > n + 30, afterReconnect, { timeout: 60000, polling: 200 })
+      .catch(() => dump("no frames after reconnecting"));
+    const s = await page.evaluate(() => ({ ...window.viewerStats }));
+    console.log(JSON.stringify({ reconnected: true, connects: s.connects, lastError: s.lastError, framesDecoded: s.framesDecoded, fps: s.fps }));
+    await context.close();
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    process.exit(0);
   }
   // Frame rate over a 5 s window, per page.
   const before = await Promise.all(pages.map(({ page }) => page.evaluate(() => ({ ...window.viewerStats }))));
