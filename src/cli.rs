@@ -109,6 +109,8 @@ pub struct Args {
 pub enum Command {
     /// Play an H.264 clip into a shared-memory segment like the camera daemon.
     FakeCamera(FakeCameraArgs),
+    /// Connect N non-decoding WebRTC viewers to a server and report what they received (JSON).
+    LoadClient(LoadClientArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +149,27 @@ pub struct FakeCameraArgs {
     pub linger_ms: u64,
     #[arg(long = "time-bits", default_value = "native", value_parser = TimeBits::parse)]
     pub time_bits: TimeBits,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadClientArgs {
+    /// The server's control plane.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub url: String,
+    #[arg(long, default_value_t = 1)]
+    pub viewers: usize,
+    /// Seconds each viewer receives.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Milliseconds between two viewers joining (so they land across the GOP).
+    #[arg(long = "stagger-ms", default_value_t = 37)]
+    pub stagger_ms: u64,
+    /// Local IP for the viewers' ICE candidates.
+    #[arg(long = "local-ip", default_value = "127.0.0.1")]
+    pub local_ip: std::net::IpAddr,
+    /// File holding the server's bearer token, if it requires one.
+    #[arg(long = "auth-token-file")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl FakeCameraArgs {

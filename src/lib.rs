@@ -27,6 +27,7 @@ pub mod fake_camera;
 pub mod h264;
 pub mod health;
 pub mod hub;
+pub mod load_client;
 pub mod metrics;
 pub mod pipeline;
 pub mod profiling;

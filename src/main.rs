@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streaming_server::abi::Layout;
-use streaming_server::cli::{self, Args, Command, FakeCameraArgs};
+use streaming_server::cli::{self, Args, Command, FakeCameraArgs, LoadClientArgs};
 use streaming_server::fake_camera::{self, Clip, FakeCameraOptions, DEMO_CLIP};
 use streaming_server::metrics::Metrics;
 use streaming_server::pipeline::{self, Media};
@@ -16,7 +16,7 @@ use streaming_server::shm::ReaderConfig;
 use streaming_server::shutdown::{self, Trigger};
 use streaming_server::systemd;
 use streaming_server::webrtc::{self, Viewers, WebrtcConfig};
-use streaming_server::{control, health::Health, profiling};
+use streaming_server::{control, health::Health, load_client, profiling};
 
 fn main() -> ExitCode {
     let args = cli::parse(std::env::args_os());
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         .init();
     let result = match &args.command {
         Some(Command::FakeCamera(fake)) => run_fake_camera(fake),
+        Some(Command::LoadClient(load)) => run_load_client(load),
         None => serve(&args),
     };
     match result {
@@ -80,6 +81,36 @@ fn run_fake_camera(args: &FakeCameraArgs) -> Result<(), String> {
     let (trigger, shutdown) = shutdown::channel();
     handle_signals(trigger)?;
     fake_camera::run(&args.options(), &clip, &shutdown).map_err(|e| format!("fake camera: {e}"))?;
+    Ok(())
+}
+
+fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
+    let token = match &args.auth_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let options = load_client::LoadOptions {
+        url: args.url.clone(),
+        viewers: args.viewers,
+        duration: Duration::from_secs_f64(args.seconds.max(0.1)),
+        stagger: Duration::from_millis(args.stagger_ms),
+        local_ip: args.local_ip,
+        token,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let report = runtime.block_on(load_client::run(options));
+    println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    if report.connected < report.viewers {
+        return Err(format!("{} of {} viewers received nothing", report.viewers - report.connected, report.viewers));
+    }
     Ok(())
 }
 
