@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# How many viewers can this machine take, what do they cost, and how much
+# delay does the streamer add? Runs the real binary with the fake camera
+# (a separate process writing the shared-memory ring like the daemon),
+# connects 0, 1, 10, 20 and 50 non-decoding WebRTC viewers with the built-in
+# load client, samples the server process from /proc, and prints one table.
+# Works on a board too: copy the binary and a clip, then
+#   scripts/bench.sh --bin ./streaming-server --clip clip.h264 --no-build
+#
+#   scripts/bench.sh [--bin PATH] [--clip FILE] [--viewers "0 1 10 20 50"]
+#                    [--seconds 20] [--no-build] [--json-dir DIR]
+#
+# Defaults: target/release/streaming-server (built first), a 1080p30
+# ~6 Mbit/s clip with an IDR every second made once with ffmpeg in
+# target/bench/, 20 s of measurement per step after the viewers joined.
+# Needs python3 (to read the load client's JSON); ffmpeg only to make the clip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+bin="" clip="" steps="0 1 10 20 50" seconds=20 build=1 json_dir=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --bin) bin=${2:?}; build=0; shift ;;
+    --clip) clip=${2:?}; shift ;;
+    --viewers) steps=${2:?}; shift ;;
+    --seconds) seconds=${2:?}; shift ;;
+    --no-build) build=0 ;;
+    --json-dir) json_dir=${2:?}; shift ;;
+    -h | --help) usage 0 ;;
+    *) echo "unknown argument: $1" >&2; usage ;;
+    esac
+    shift
+done
+[ -n "$bin" ] || bin=$root/target/release/streaming-server
+if [ "$build" = 1 ]; then
+    cargo build --release --quiet
+fi
+[ -x "$bin" ] || { echo "no binary at $bin (build it, or --bin PATH)" >&2; exit 1; }
+
+if [ -z "$clip" ]; then
+    clip=$root/target/bench/clip_1080p30_6mbps.h264
+    if [ ! -s "$clip" ]; then
+        mkdir -p "$(dirname "$clip")"
+        echo "making $clip with ffmpeg (once)..." >&2
+        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
+            -c:v libx264 -profile:v high -preset veryfast -tune zerolatency \
+            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
+            -pix_fmt yuv420p -x264-params aud=1 "$clip"
+    fi
+fi
+
+work=$(mktemp -d)
+shm=/ss_bench_$$
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+"$bin" fake-camera -shm "$shm" -file "$clip" -fps 30 2>"$work/camera.log" &
+pids+=($!)
+max_viewers=0
+for n in $steps; do [ "$n" -gt "$max_viewers" ] && max_viewers=$n; done
+"$bin" -shm "$shm" -http 127.0.0.1:0 -metrics "" -pprof "" -webrtc-ip 127.0.0.1 \
+    -max-clients $((max_viewers + 2)) -record-path "$work/recordings" 2>"$work/server.log" &
+server=$!
+pids+=($server)
+url=""
+for _ in $(seq 100); do
+    line=$(grep -m1 -o 'listening: http on [0-9.:]*' "$work/server.log" || true)
+    if [ -n "$line" ]; then url="http://${line##* }"; break; fi
+    sleep 0.1
+done
+[ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+for _ in $(seq 100); do
+    curl -fs "$url/health" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+hz=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
+threads() { awk '/^Threads/ {print $2}' "/proc/$server/status"; }
+fds() { ls "/proc/$server/fd" | wc -l; }
+
+echo "machine: $(nproc) cores, $(uname -m), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
+echo "stream: $(basename "$clip") at 30 fps; $seconds s measured per step after the viewers joined"
+printf '%7s %8s %10s %7s %7s %5s %6s %7s %15s %17s\n' \
+    viewers "cpu%" "cpu%/view" "rss_MB" threads fds lost min_fps "ttff_p50/max" "latency_p50/p99"
+base_cpu=""
+for n in $steps; do
+    report=$work/load_$n.json
+    if [ "$n" -gt 0 ]; then
+        join_s=$(awk -v n="$n" 'BEGIN {print n * 0.037 + 2}')
+        "$bin" -log-level error load-client -url "$url" -viewers "$n" \
+            -seconds "$(awk -v a="$join_s" -v b="$seconds" 'BEGIN {print a + b + 1}')" \
+            >"$report" 2>"$work/load_$n.log" &
+        load=$!
+        sleep "$join_s"
+    fi
+    t0=$(cpu_ticks)
+    sleep "$seconds"
+    t1=$(cpu_ticks)
+    rss=$(rss_kb) th=$(threads) fd=$(fds)
+    cpu=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", d / hz / s * 100}')
+    if [ "$n" -gt 0 ]; then
+        wait "$load" || { echo "load client failed with $n viewers:" >&2; tail -5 "$work/load_$n.log" >&2; }
+        [ -n "$json_dir" ] && mkdir -p "$json_dir" && cp "$report" "$json_dir/"
+        read -r lost minfps ttff lat < <(python3 - "$report" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+f = lambda v: "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+print(r["lost"], f"{r['min_fps']:.1f}", f"{f(r['first_keyframe_p50_ms'])}/{f(r['first_keyframe_max_ms'])}ms",
+      f"{f(r['latency_p50_ms'])}/{f(r['latency_p99_ms'])}ms")
+EOF
+        )
+        per=$(awk -v c="$cpu" -v b="${base_cpu:-0}" -v n="$n" 'BEGIN {printf "%.2f", (c - b) / n}')
+    else
+        base_cpu=$cpu lost=- minfps=- ttff=- lat=- per=-
+    fi
+    printf '%7s %8s %10s %7s %7s %5s %6s %7s %15s %17s\n' \
+        "$n" "$cpu" "$per" "$(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}')" "$th" "$fd" "$lost" "$minfps" "$ttff" "$lat"
+done
