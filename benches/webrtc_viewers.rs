@@ -12,6 +12,10 @@
 //! `/offer` on loopback and receiving every frame. Server CPU is read from
 //! /proc/PID/stat over each step; "time to first frame" runs from the
 //! offer's POST to the first complete access unit received.
+//!
+//! `BENCH_FLAMEGRAPH=1` also fetches a 10 s CPU flamegraph of the server
+//! with the most viewers from its pprof endpoint into
+//! target/bench/webrtc_viewers_flamegraph.svg.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -103,6 +107,7 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let clip = clip_path();
+    let flamegraph = std::env::var_os("BENCH_FLAMEGRAPH").is_some();
     let shm = common::unique_shm("bench_webrtc");
     let _camera = common::fake_camera(&shm, &["-fps", "30", "-file", clip.to_str().unwrap()]);
     let server = common::Server::start(
@@ -114,13 +119,13 @@ fn main() {
             "-metrics",
             "",
             "-pprof",
-            "",
+            if flamegraph { "127.0.0.1:0" } else { "" },
             "-webrtc-ip",
             "127.0.0.1",
             "-max-clients",
             "64",
         ],
-        &["http"],
+        if flamegraph { &["http", "pprof"] } else { &["http"] },
     );
     let pid = server.proc.child.id();
     let offer_url = server.url("http", "/offer");
@@ -162,6 +167,16 @@ fn main() {
                 "viewers {n:2}: server CPU {cpu:5.1}% of one core ({:.2}% per viewer above idle), RSS {rss:.1} MiB, slowest viewer {min_fps:.1} fps",
                 (cpu - idle_cpu) / n as f64
             );
+        }
+        if flamegraph {
+            let url = server.url("pprof", "/debug/pprof/flamegraph?seconds=10");
+            let svg = tokio::task::spawn_blocking(move || ureq::get(&url).call().ok()?.into_string().ok())
+                .await
+                .unwrap()
+                .unwrap_or_default();
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/webrtc_viewers_flamegraph.svg");
+            let _ = std::fs::write(&path, svg);
+            println!("flamegraph with {} viewers: {}", viewers.len(), path.display());
         }
         let mut sorted: Vec<f64> = ttffs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         sorted.sort_by(f64::total_cmp);

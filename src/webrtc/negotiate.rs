@@ -178,8 +178,10 @@ pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationEr
     let mut offered_names = Vec::new();
     let mut h264_seen = Vec::new();
     let mut best: Option<(u8, usize, Choice)> = None;
+    let mut not_receiving = 0;
     for (index, video) in videos.iter().enumerate() {
         if video.has_attribute("sendonly") || video.has_attribute("inactive") {
+            not_receiving += 1;
             continue;
         }
         let mid = video.attribute("mid").flatten().map(str::to_string);
@@ -223,6 +225,11 @@ pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationEr
     }
     if let Some((_, _, choice)) = best {
         return Ok(choice);
+    }
+    if not_receiving == videos.len() {
+        return Err(NegotiationError::NoCompatibleCodec(
+            "the offer's video is send-only or inactive; a viewer must receive video (recvonly or sendrecv)".into(),
+        ));
     }
     let camera_desc = format!("{} ({})", stream.name(), camera.profile_level_id());
     let why = if h264_seen.is_empty() {
@@ -438,6 +445,12 @@ mod tests {
         let err = choose(&vp8, &sps(0x42, 0xc0, 0x1f)).unwrap_err();
         assert!(err.to_string().contains("no H.264") && err.to_string().contains("VP8"), "{err}");
         assert!(matches!(choose("garbage", &sps(66, 0xc0, 0x1f)), Err(NegotiationError::BadSdp(_))));
+        let send_only =
+            offer(&[(106, "packetization-mode=1;profile-level-id=42e01f")]).replace("a=recvonly", "a=sendonly");
+        let err = choose(&send_only, &sps(0x42, 0xc0, 0x1f)).unwrap_err();
+        assert!(err.to_string().contains("send-only"), "{err}");
+        let no_video = offer(&[(106, "x")]).replace("m=video", "m=audio");
+        assert!(choose(&no_video, &sps(0x42, 0xc0, 0x1f)).unwrap_err().to_string().contains("no video"));
         assert!(matches!(choose("", &sps(66, 0xc0, 0x1f)), Err(NegotiationError::BadSdp(_))));
     }
 
