@@ -44,9 +44,14 @@ impl Received {
     }
 
     fn wait_for(&self, needle: &str, timeout: Duration) -> Option<Instant> {
+        self.wait_for_after(needle, Instant::now() - Duration::from_secs(3600), timeout)
+    }
+
+    /// Arrival of the first message after `after` containing `needle`.
+    fn wait_for_after(&self, needle: &str, after: Instant, timeout: Duration) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some((t, _)) = self.0.lock().unwrap().iter().find(|(_, m)| m.contains(needle)) {
+            if let Some((t, _)) = self.0.lock().unwrap().iter().find(|(t, m)| *t >= after && m.contains(needle)) {
                 return Some(*t);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -142,12 +147,18 @@ fn ready_watchdog_from_the_media_path_and_stopping() {
     let media_tid = thread_id(server.child.id(), "media");
     let frozen = Frozen::thread(media_tid);
     let froze_at = Instant::now();
-    std::thread::sleep(WATCHDOG * 3);
-    // The first check after the freeze may still see the frames read just
-    // before it; from one interval on, no ping may come.
-    let wedged = received.since(froze_at + WATCHDOG);
+    // The first check after the freeze may still count the frames read
+    // just before it; the next one must see the stall, and from then on no
+    // ping may come (measured from the stall report, so a slow scheduler
+    // cannot make this flaky).
+    let stalled = received.wait_for_after("STATUS=media path stalled", froze_at, WATCHDOG * 4);
+    let Some(stalled) = stalled else {
+        panic!("no stall reported while the media thread was frozen: {:?}", received.since(froze_at));
+    };
+    std::thread::sleep((stalled + WATCHDOG * 2).saturating_duration_since(Instant::now()));
+    let wedged = received.since(stalled);
     assert_eq!(pings(&wedged), 0, "pinged while the media thread was frozen: {wedged:?}");
-    assert!(wedged.iter().any(|m| m.contains("STATUS=media path stalled")), "no stalled status: {wedged:?}");
+    assert!(wedged.len() >= 2, "the watchdog thread kept reporting while wedged: {wedged:?}");
 
     // Thawed: the reader catches up and the pings resume.
     drop(frozen);
