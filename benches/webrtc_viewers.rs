@@ -29,16 +29,20 @@ use std::time::{Duration, Instant};
 
 use webrtc_common::{Client, CHROME_H264};
 
-fn clip_path() -> PathBuf {
+fn clip_path(benching: bool) -> PathBuf {
     if let Some(path) = std::env::var_os("BENCH_CLIP") {
         return PathBuf::from(path);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let generated = root.join("target/bench/clip_1080p30_6mbps.h264");
-    if generated.exists() {
+    if benching && generated.exists() {
         generated
     } else {
-        eprintln!("no target/bench/clip_1080p30_6mbps.h264 (cargo bench --bench reader makes it): using the demo clip");
+        if benching {
+            eprintln!(
+                "no target/bench/clip_1080p30_6mbps.h264 (cargo bench --bench reader makes it): using the demo clip"
+            );
+        }
         root.join("assets/demo.h264")
     }
 }
@@ -100,13 +104,17 @@ async fn connect(offer_url: &str) -> (Viewer, Duration) {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this too,
+    // without it: a 1 s smoke run with one viewer on the demo clip there.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let seconds: u64 =
+        std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if benching { 10 } else { 1 });
     let steps: Vec<usize> = std::env::var("BENCH_VIEWERS")
-        .unwrap_or_else(|_| "1,10,20".into())
+        .unwrap_or_else(|_| if benching { "1,10,20" } else { "1" }.into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let clip = clip_path();
+    let clip = clip_path(benching);
     let flamegraph = std::env::var_os("BENCH_FLAMEGRAPH").is_some();
     let shm = common::unique_shm("bench_webrtc");
     let _camera = common::fake_camera(&shm, &["-fps", "30", "-file", clip.to_str().unwrap()]);

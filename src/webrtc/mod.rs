@@ -87,7 +87,7 @@ pub const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(3);
 pub const KEYFRAME_RESTART_INTERVAL: Duration = Duration::from_secs(1);
 /// No camera frame for this long: the GOP cache is stale, and a keyframe
 /// request waits for the camera's next IDR instead of replaying the cache.
-pub const STALE_CAMERA: Duration = Duration::from_secs(1);
+pub const STALE_CAMERA: Duration = Duration::from_secs(2);
 /// Frames a viewer's hub queue holds: a whole GOP from the cache plus a
 /// second of live frames at 30 fps, so a GOP-cache start never overflows.
 pub const VIEWER_QUEUE_FRAMES: usize = 96;
