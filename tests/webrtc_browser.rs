@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// One Chromium at a time: two at once on a small CI machine measure the
+/// machine, not the server.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn chromium() -> PathBuf {
     PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
 }
@@ -40,6 +44,7 @@ fn tools_present(browser_dir: &std::path::Path) -> bool {
 
 #[test]
 fn chromium_plays_the_viewer_page_in_three_tabs() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if !tools_present(&browser_dir) {
         return;
@@ -84,6 +89,7 @@ fn chromium_plays_the_viewer_page_in_three_tabs() {
 
 #[test]
 fn the_viewer_page_reconnects_when_the_stream_stops_and_comes_back() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if !tools_present(&browser_dir) {
         return;
