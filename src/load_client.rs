@@ -398,19 +398,32 @@ mod peer {
         Ok(report)
     }
 
-    /// POST /offer on a blocking thread (ureq); returns the answer SDP.
+    /// POST /offer on a blocking thread (ureq); returns the answer SDP. A 503
+    /// (all negotiation slots busy, or the camera not started yet) is retried
+    /// after its Retry-After, as the viewer page does, for up to 15 s.
     async fn post_offer(url: &str, offer: &str, token: Option<&str>) -> Result<String, String> {
         let endpoint = format!("{}/offer", url.trim_end_matches('/'));
         let body = serde_json::json!({"type": "offer", "sdp": offer}).to_string();
-        let token = token.map(str::to_owned);
-        tokio::task::spawn_blocking(move || {
-            let mut request =
-                ureq::post(&endpoint).timeout(Duration::from_secs(10)).set("Content-Type", "application/json");
-            if let Some(token) = token {
-                request = request.set("Authorization", &format!("Bearer {token}"));
-            }
-            let response = match request.send_string(&body) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (endpoint, body, token) = (endpoint.clone(), body.clone(), token.map(str::to_owned));
+            let attempt = tokio::task::spawn_blocking(move || {
+                let mut request =
+                    ureq::post(&endpoint).timeout(Duration::from_secs(10)).set("Content-Type", "application/json");
+                if let Some(token) = token {
+                    request = request.set("Authorization", &format!("Bearer {token}"));
+                }
+                request.send_string(&body)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let response = match attempt {
                 Ok(response) => response,
+                Err(ureq::Error::Status(503, response)) if Instant::now() < deadline => {
+                    let wait = response.header("Retry-After").and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(0.2);
+                    tokio::time::sleep(Duration::from_secs_f64(wait.clamp(0.05, 2.0))).await;
+                    continue;
+                }
                 Err(ureq::Error::Status(code, response)) => {
                     return Err(format!("POST /offer: {code} {}", response.into_string().unwrap_or_default()))
                 }
@@ -418,10 +431,8 @@ mod peer {
             };
             let json: serde_json::Value =
                 serde_json::from_reader(response.into_reader()).map_err(|e| format!("answer is not JSON: {e}"))?;
-            json["sdp"].as_str().map(str::to_owned).ok_or_else(|| "answer has no sdp".to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+            return json["sdp"].as_str().map(str::to_owned).ok_or_else(|| "answer has no sdp".to_string());
+        }
     }
 }
 
