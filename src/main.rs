@@ -26,6 +26,11 @@ fn main() -> ExitCode {
         // every state change at info; keep it to warnings unless RUST_LOG asks.
         .filter_module("rtc", args.log_level.filter().min(log::LevelFilter::Warn))
         .filter_module("webrtc", args.log_level.filter().min(log::LevelFilter::Warn))
+        // Their routine warnings (a check tick before the browser's first
+        // check arrives, DTLS server_name defaults) say nothing actionable;
+        // our viewer log says when a viewer fails and why.
+        .filter_module("rtc_ice", args.log_level.filter().min(log::LevelFilter::Error))
+        .filter_module("rtc_dtls", args.log_level.filter().min(log::LevelFilter::Error))
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
