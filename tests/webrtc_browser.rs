@@ -103,6 +103,9 @@ fn the_viewer_page_reconnects_when_the_stream_stops_and_comes_back() {
     let mut node = Command::new("node")
         .current_dir(&browser_dir)
         .env("STREAMING_TEST_CHROMIUM", chromium())
+        // As a real browser does: host candidates as mDNS names, so the
+        // server must learn this viewer's address from its checks.
+        .env("STREAMING_TEST_MDNS", "1")
         .args(["viewer.mjs", &server.url("http", "/"), "1", "/dev/null", "reconnect"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -182,6 +182,11 @@ async fn build_peer_connection(
         // default ~1.4 s before a candidate pair is given up).
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(56))
         .with_include_loopback_candidate(loopback)
+        // Browsers hide their host addresses behind mDNS names. Resolving
+        // them would multicast a query per candidate every second; the
+        // browser's own checks to our host candidate give us its address
+        // (peer-reflexive) just as fast, so mDNS names are ignored.
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .build();
     let ice_servers = if inner.config.stun.is_empty() {
         Vec::new()
