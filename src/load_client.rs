@@ -398,6 +398,38 @@ mod peer {
         Ok(report)
     }
 
+    /// What one POST /offer came to.
+    enum Attempt {
+        Answer(String),
+        /// 503: try again after this many seconds.
+        Busy(f64),
+        Failed(String),
+    }
+
+    fn post_once(endpoint: &str, body: &str, token: Option<&str>) -> Attempt {
+        let mut request = ureq::post(endpoint).timeout(Duration::from_secs(10)).set("Content-Type", "application/json");
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let response = match request.send_string(body) {
+            Ok(response) => response,
+            Err(ureq::Error::Status(503, response)) => {
+                return Attempt::Busy(response.header("Retry-After").and_then(|s| s.trim().parse().ok()).unwrap_or(0.2))
+            }
+            Err(ureq::Error::Status(code, response)) => {
+                return Attempt::Failed(format!("POST /offer: {code} {}", response.into_string().unwrap_or_default()))
+            }
+            Err(e) => return Attempt::Failed(format!("POST /offer: {e}")),
+        };
+        match serde_json::from_reader::<_, serde_json::Value>(response.into_reader()) {
+            Ok(json) => match json["sdp"].as_str() {
+                Some(sdp) => Attempt::Answer(sdp.to_owned()),
+                None => Attempt::Failed("answer has no sdp".into()),
+            },
+            Err(e) => Attempt::Failed(format!("answer is not JSON: {e}")),
+        }
+    }
+
     /// POST /offer on a blocking thread (ureq); returns the answer SDP. A 503
     /// (all negotiation slots busy, or the camera not started yet) is retried
     /// after its Retry-After, as the viewer page does, for up to 15 s.
@@ -407,31 +439,17 @@ mod peer {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let (endpoint, body, token) = (endpoint.clone(), body.clone(), token.map(str::to_owned));
-            let attempt = tokio::task::spawn_blocking(move || {
-                let mut request =
-                    ureq::post(&endpoint).timeout(Duration::from_secs(10)).set("Content-Type", "application/json");
-                if let Some(token) = token {
-                    request = request.set("Authorization", &format!("Bearer {token}"));
-                }
-                request.send_string(&body)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            let response = match attempt {
-                Ok(response) => response,
-                Err(ureq::Error::Status(503, response)) if Instant::now() < deadline => {
-                    let wait = response.header("Retry-After").and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(0.2);
+            let attempt = tokio::task::spawn_blocking(move || post_once(&endpoint, &body, token.as_deref()))
+                .await
+                .map_err(|e| e.to_string())?;
+            match attempt {
+                Attempt::Answer(sdp) => return Ok(sdp),
+                Attempt::Busy(wait) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_secs_f64(wait.clamp(0.05, 2.0))).await;
-                    continue;
                 }
-                Err(ureq::Error::Status(code, response)) => {
-                    return Err(format!("POST /offer: {code} {}", response.into_string().unwrap_or_default()))
-                }
-                Err(e) => return Err(format!("POST /offer: {e}")),
-            };
-            let json: serde_json::Value =
-                serde_json::from_reader(response.into_reader()).map_err(|e| format!("answer is not JSON: {e}"))?;
-            return json["sdp"].as_str().map(str::to_owned).ok_or_else(|| "answer has no sdp".to_string());
+                Attempt::Busy(_) => return Err("POST /offer: still 503 after 15 s".into()),
+                Attempt::Failed(error) => return Err(error),
+            }
         }
     }
 }

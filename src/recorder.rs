@@ -706,7 +706,8 @@ fn local_tm(wall: SystemTime) -> (libc::tm, i64) {
         unsafe { libc::gmtime_r(&secs, &mut tm) };
         return (tm, 0);
     }
-    let offset = tm.tm_gmtoff;
+    // c_long: i64 here, i32 on 32-bit ARM.
+    let offset = i64::from(tm.tm_gmtoff);
     (tm, offset)
 }
 
