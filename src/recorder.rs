@@ -706,7 +706,7 @@ fn local_tm(wall: SystemTime) -> (libc::tm, i64) {
         unsafe { libc::gmtime_r(&secs, &mut tm) };
         return (tm, 0);
     }
-    // c_long: i64 here, i32 on 32-bit ARM.
+    #[allow(clippy::useless_conversion)] // c_long is i32 on 32-bit ARM
     let offset = i64::from(tm.tm_gmtoff);
     (tm, offset)
 }
