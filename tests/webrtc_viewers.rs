@@ -246,3 +246,41 @@ async fn an_unreachable_stun_server_does_not_hold_up_the_answer() {
     rig.viewers.close(&session.id);
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_stay_inside_the_udp_port_range() {
+    // A block of three free ports (bind them, release them), away from the
+    // kernel's ephemeral range.
+    let free = |p: u16| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok();
+    let start = 20_000 + (std::process::id() % 5_000) as u16 * 3;
+    let low = (0..500u16).map(|i| start + i * 3).find(|&p| free(p) && free(p + 1) && free(p + 2));
+    let Some(low) = low else {
+        panic!("no three consecutive free UDP ports between {start} and {}", start + 1500);
+    };
+    let range = (low, low + 2);
+    let rig = Rig::start_with("rtc_ports", 4, |config| config.udp_port_range = Some(range));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = Client::new(CHROME_H264).await;
+        let session = rig.offer(&client.offer).await.expect("offer accepted");
+        let ports: Vec<u16> = session
+            .answer_sdp
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .filter_map(|l| l.split_whitespace().nth(5)?.parse().ok())
+            .collect();
+        assert!(!ports.is_empty());
+        assert!(ports.iter().all(|p| (range.0..=range.1).contains(p)), "{ports:?} outside {range:?}");
+        client.accept(session.answer_sdp).await;
+        assert_eq!(client.frames(3, Duration::from_secs(10)).await.len(), 3);
+        clients.push((client, session.id));
+    }
+    // The range is full: the next viewer is refused like at -max-clients.
+    let extra = Client::new(CHROME_H264).await;
+    assert!(matches!(rig.offer(&extra.offer).await, Err(OfferError::TooManyViewers)));
+    assert_eq!(rig.viewers.count(), 3, "a refused offer holds no slot");
+    for (client, id) in &clients {
+        rig.viewers.close(id);
+        client.close().await;
+    }
+}

@@ -291,7 +291,15 @@ pub(super) async fn run(
     }
     let Some(pc) = built else {
         let why = last_error.map_or("no addresses to bind".to_string(), |e| e.to_string());
-        let _ = answer_tx.send(Err(OfferError::Internal(format!("peer connection: {why}"))));
+        let error = if let Some((low, high)) = inner.config.udp_port_range {
+            // Every port of the range is taken: a capacity limit like
+            // -max-clients (503), not a fault.
+            log::warn!("webrtc: no free UDP port in -udp-port-range {low}-{high} ({why})");
+            OfferError::TooManyViewers
+        } else {
+            OfferError::Internal(format!("peer connection: {why}"))
+        };
+        let _ = answer_tx.send(Err(error));
         inner.release(&id);
         return;
     };
