@@ -47,7 +47,9 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== tests"
-cargo test --all-targets -- --test-threads=2
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+cargo test --all-targets -- --test-threads=2 2>&1 | tee "$test_log"
 
 # The ARM release binary, its ABI layout test and a smoke run under qemu,
 # for aarch64 by default; STREAMING_CROSS_TARGETS="aarch64-unknown-linux-gnu
@@ -70,3 +72,7 @@ else
         esac
     done
 fi
+
+# One closing line for the whole suite (the cross step prints after cargo's).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
