@@ -38,6 +38,9 @@ pub struct Metrics {
     pub frame_latency_ms: Histogram,
     /// Time spent in the H.264 processor and hub per frame.
     pub process_latency_ms: Histogram,
+    /// Capture (CLOCK_MONOTONIC) to the last packet of a live frame handed to
+    /// a viewer's connection, per viewer and frame.
+    pub capture_to_sent_ms: Histogram,
     pub webrtc_buffer_usage_percent: IntGauge,
     pub recorder_buffer_usage_percent: IntGauge,
     pub active_clients: IntGauge,
@@ -118,6 +121,11 @@ impl Metrics {
                 &r,
                 "streaming_process_latency_ms",
                 "H.264 processing and fan-out per frame, ms",
+            ),
+            capture_to_sent_ms: latency_histogram(
+                &r,
+                "streaming_capture_to_sent_ms",
+                "Capture (CLOCK_MONOTONIC) to the last packet of a live frame handed to a viewer's connection, ms",
             ),
             webrtc_buffer_usage_percent: gauge(
                 &r,

@@ -134,3 +134,32 @@ async fn an_offer_the_stream_cannot_fit_is_a_400_with_the_reason() {
     assert!(answer.json()["error"].as_str().unwrap().contains("packetization-mode"), "{}", answer.text());
     client.close().await;
 }
+
+/// abs-capture-time: the load client offers it, the server sends each live
+/// frame's capture time, and the client's capture -> receive delays over
+/// loopback are sane (sanity bounds, not a timing target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_client_gets_capture_times_and_sane_latencies() {
+    let (_camera, server) = start("http_abs_capture", "4");
+    let options = streaming_server::load_client::LoadOptions {
+        url: server.url("http", ""),
+        viewers: 2,
+        duration: Duration::from_secs(3),
+        stagger: Duration::from_millis(37),
+        local_ip: "127.0.0.1".parse().unwrap(),
+        token: None,
+    };
+    let report = streaming_server::load_client::run(options).await;
+    assert_eq!(report.connected, 2, "{:?}", report.per_viewer.iter().map(|v| &v.error).collect::<Vec<_>>());
+    for viewer in &report.per_viewer {
+        // ~30 fps for 3 s minus the catch-up frames, which carry no capture time.
+        assert!(viewer.latency_samples >= 30, "viewer {}: {} samples", viewer.viewer, viewer.latency_samples);
+        assert!(viewer.latencies_ms.iter().all(|ms| *ms > 0.0 && *ms < 1000.0), "{:?}", viewer.latencies_ms);
+    }
+    let (p50, p99) = (report.latency_p50_ms.unwrap(), report.latency_p99_ms.unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 1000.0, "p50 {p50} ms, p99 {p99} ms");
+    let sent = metric(&server, "streaming_capture_to_sent_ms_count");
+    assert!(sent >= 60.0, "capture -> sent observed {sent} times");
+    let sum = metric(&server, "streaming_capture_to_sent_ms_sum");
+    assert!(sum > 0.0 && sum / sent < 1000.0, "mean capture -> sent {} ms", sum / sent);
+}

@@ -67,6 +67,11 @@ use crate::shutdown::Shutdown;
 
 pub use negotiate::{Choice, NegotiationError};
 
+/// The RTP header extension that carries a frame's capture time (64-bit
+/// NTP wall clock), sent when the viewer's offer has it; browsers and the
+/// load client turn it into a capture -> receive delay.
+pub const ABS_CAPTURE_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time";
+
 /// The viewer page served at `GET /`.
 pub static VIEWER_PAGE: &str = include_str!("../../assets/viewer.html");
 

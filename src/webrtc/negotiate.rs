@@ -253,6 +253,15 @@ pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationEr
 /// writes them into the first `m=` section even when that one is rejected
 /// (port 0, e.g. the audio a Firefox or Safari offer puts first), where a
 /// browser ignores them.
+/// The id an SDP gives a header extension (`a=extmap:ID[/direction] URI`).
+pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().filter_map(|l| l.trim().strip_prefix("a=extmap:")).find_map(|rest| {
+        let mut parts = rest.split_whitespace();
+        let id = parts.next()?.split('/').next()?.parse().ok()?;
+        (parts.next()? == uri).then_some(id)
+    })
+}
+
 pub fn finish_answer(answer: &str, choice: &Choice) -> String {
     let answer = move_candidates_to_active_section(answer);
     let pt = choice.payload_type.to_string();

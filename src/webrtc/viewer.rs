@@ -16,7 +16,8 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -163,6 +164,13 @@ async fn build_peer_connection(
         RTCRtpCodecParameters { rtp_codec: codec(choice), payload_type: choice.payload_type },
         RtpCodecKind::Video,
     )?;
+    // Offered to the browser only if its offer has it (the answer keeps only
+    // extensions both sides know): capture -> receive delay without a decoder.
+    media_engine.register_header_extension(
+        RTCRtpHeaderExtensionCapability { uri: super::ABS_CAPTURE_TIME_URI.to_owned() },
+        RtpCodecKind::Video,
+        None,
+    )?;
     // NACK responder + generator, sender/receiver reports; then the PLI/FIR
     // hand-off, application-most. No TWCC/REMB: the camera's bitrate is not
     // ours to change.
@@ -214,6 +222,8 @@ struct Negotiated {
     track: Arc<TrackLocalStaticRTP>,
     payload_type: u8,
     ssrc: u32,
+    /// The negotiated abs-capture-time extension id, if the viewer offered it.
+    abs_capture_id: Option<u8>,
     answer: String,
 }
 
@@ -255,11 +265,21 @@ async fn negotiate(
         inner.media.metrics.webrtc_errors.inc();
         OfferError::Internal(format!("the answer came out malformed: {e}"))
     })?;
-    let payload_type = match sender.get_parameters().await {
-        Ok(parameters) => parameters.rtp_parameters.codecs.first().map_or(choice.payload_type, |c| c.payload_type),
-        Err(_) => choice.payload_type,
+    let (payload_type, abs_capture_id) = match sender.get_parameters().await {
+        Ok(parameters) => {
+            let rtp = &parameters.rtp_parameters;
+            let id = rtp.header_extensions.iter().find(|e| e.uri == super::ABS_CAPTURE_TIME_URI).map(|e| e.id);
+            (rtp.codecs.first().map_or(choice.payload_type, |c| c.payload_type), id)
+        }
+        Err(_) => (choice.payload_type, None),
     };
-    Ok(Negotiated { track, payload_type, ssrc, answer })
+    // The id the sender accepts must be the one the answer tells the viewer,
+    // and fit a one-byte header (1..=14); otherwise the extension is not sent.
+    let abs_capture_id = abs_capture_id
+        .and_then(|id| u8::try_from(id).ok())
+        .filter(|id| (1..=14).contains(id))
+        .filter(|id| negotiate::extmap_id(&answer, super::ABS_CAPTURE_TIME_URI) == Some(*id));
+    Ok(Negotiated { track, payload_type, ssrc, abs_capture_id, answer })
 }
 
 /// The whole life of one viewer.
@@ -351,6 +371,8 @@ struct Stamp {
     last: Option<u32>,
     /// Frames still to send as catch-up (from the GOP cache).
     catchup: usize,
+    /// abs-capture-time extension id (None: not negotiated).
+    abs_capture_id: Option<u8>,
 }
 
 impl Stamp {
@@ -381,16 +403,30 @@ impl Stamp {
         ts
     }
 
-    fn packets<'a>(&'a mut self, au: &'a PacketizedAu) -> impl Iterator<Item = rtc::rtp::Packet> + 'a {
+    /// The packets of one frame. `capture_ntp`, when given and negotiated,
+    /// goes on the last packet as abs-capture-time: once per frame is all a
+    /// receiver needs (libwebrtc interpolates the frame's other packets), and
+    /// the last packet is the one that completes the frame, so the receiver's
+    /// capture -> receive figure covers the whole frame.
+    fn packets<'a>(
+        &'a mut self,
+        au: &'a PacketizedAu,
+        capture_ntp: Option<u64>,
+    ) -> impl Iterator<Item = rtc::rtp::Packet> + 'a {
+        let live = self.catchup == 0;
         let timestamp = self.timestamp(au.rtp_time);
         let count = au.payloads.len();
+        // Catch-up frames from the GOP cache are up to a GOP old by design;
+        // their age is not the stream's delay, so they carry no capture time.
+        let extension = self.abs_capture_id.filter(|_| live).zip(capture_ntp);
         au.payloads.iter().enumerate().map(move |(i, payload)| {
             let sequence_number = self.seq;
             self.seq = self.seq.wrapping_add(1);
-            rtc::rtp::Packet {
+            let last = i + 1 == count;
+            let mut packet = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
-                    marker: i + 1 == count,
+                    marker: last,
                     payload_type: self.payload_type,
                     sequence_number,
                     timestamp,
@@ -398,7 +434,13 @@ impl Stamp {
                     ..Default::default()
                 },
                 payload: payload.clone(),
+            };
+            if let (true, Some((id, ntp))) = (last, extension) {
+                // Short form: the 64-bit NTP capture time only (8 bytes, a
+                // one-byte-header element); id 1..=14 checked at negotiation.
+                let _ = packet.header.set_extension(id, bytes::Bytes::copy_from_slice(&ntp.to_be_bytes()));
             }
+            packet
         })
     }
 }
@@ -485,6 +527,7 @@ async fn serve(
         offset: None,
         last: None,
         catchup: subscription.frames.len(),
+        abs_capture_id: negotiated.abs_capture_id,
     };
     let mut last_restart = Instant::now();
     let mut last_usage = Instant::now();
@@ -593,11 +636,31 @@ fn round_trip(last_sender_report: u32, delay: u32, arrival: u32) -> Option<f64> 
     (rtt < 60 << 16).then(|| f64::from(rtt) * 1000.0 / 65536.0)
 }
 
+/// The wall-clock NTP time (RFC 5905 64-bit, 32.32 fixed point) of a
+/// CLOCK_MONOTONIC instant: the realtime - monotonic offset is taken now, so
+/// a wall-clock step (NTP sync) applies from the next frame on.
+pub(crate) fn ntp_of_monotonic(capture: Duration) -> Option<u64> {
+    let monotonic = crate::clock::monotonic_now();
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+    let captured_unix = unix.checked_sub(monotonic.checked_sub(capture)?)?;
+    let seconds = captured_unix.as_secs().checked_add(2_208_988_800)?;
+    let fraction = (u64::from(captured_unix.subsec_nanos()) << 32) / 1_000_000_000;
+    Some((seconds << 32) | fraction)
+}
+
 /// Sends one access unit: the shared packets with this viewer's header.
 async fn send(inner: &Inner, track: &TrackLocalStaticRTP, stamp: &mut Stamp, au: &AccessUnit) -> Result<(), String> {
     let packets = inner.cache.get(au);
-    for packet in stamp.packets(&packets) {
+    let live = stamp.catchup == 0;
+    let capture_ntp = stamp.abs_capture_id.and_then(|_| ntp_of_monotonic(au.capture_time));
+    for packet in stamp.packets(&packets, capture_ntp) {
         track.write_rtp(packet).await.map_err(|e| format!("write_rtp: {e}"))?;
+    }
+    if live {
+        // Handed to the peer connection's driver task, which seals and sends
+        // it at once (its queue is bounded; this await waits when it is full).
+        let sent = crate::clock::monotonic_now();
+        inner.media.metrics.capture_to_sent_ms.observe(crate::clock::millis_between(au.capture_time, sent));
     }
     inner.media.metrics.webrtc_frames_sent.inc();
     Ok(())
@@ -608,7 +671,7 @@ mod tests {
     use super::*;
 
     fn stamp(catchup: usize) -> Stamp {
-        Stamp { ssrc: 1, payload_type: 96, seq: 0, offset: None, last: None, catchup }
+        Stamp { ssrc: 1, payload_type: 96, seq: 0, offset: None, last: None, catchup, abs_capture_id: None }
     }
 
     #[test]
@@ -652,12 +715,36 @@ mod tests {
             payloads: vec![bytes::Bytes::from_static(b"\x65a"), bytes::Bytes::from_static(b"\x65b")],
             bytes: 4,
         };
-        let mut s = Stamp { ssrc: 7, payload_type: 102, seq: u16::MAX, offset: None, last: None, catchup: 0 };
-        let packets: Vec<_> = s.packets(&au).collect();
+        let mut s = Stamp {
+            ssrc: 7,
+            payload_type: 102,
+            seq: u16::MAX,
+            offset: None,
+            last: None,
+            catchup: 0,
+            abs_capture_id: Some(5),
+        };
+        let packets: Vec<_> = s.packets(&au, Some(0x0123_4567_89ab_cdef)).collect();
         assert_eq!(packets.len(), 2);
         assert_eq!((packets[0].header.sequence_number, packets[1].header.sequence_number), (u16::MAX, 0));
         assert!(!packets[0].header.marker && packets[1].header.marker);
         assert!(packets.iter().all(|p| p.header.ssrc == 7 && p.header.payload_type == 102));
         assert_eq!(packets[0].payload.as_ptr(), au.payloads[0].as_ptr(), "payloads are shared, not copied");
+        assert!(packets[0].header.extensions.is_empty(), "capture time only on the last packet");
+        assert_eq!(packets[1].header.get_extension(5).as_deref(), Some(&0x0123_4567_89ab_cdef_u64.to_be_bytes()[..]));
+        // A catch-up frame (from the GOP cache) carries none.
+        s.catchup = 1;
+        assert!(s.packets(&au, Some(1)).all(|p| p.header.extensions.is_empty()));
+    }
+
+    #[test]
+    fn capture_time_maps_to_wall_clock_ntp() {
+        let ten_ms_ago = crate::clock::monotonic_now() - Duration::from_millis(10);
+        let ntp = ntp_of_monotonic(ten_ms_ago).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let now_ntp = ((now.as_secs() + 2_208_988_800) << 32) | ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000);
+        let age_ms = now_ntp.wrapping_sub(ntp) as f64 * 1000.0 / 4_294_967_296.0;
+        assert!((10.0..1000.0).contains(&age_ms), "{age_ms}");
+        assert_eq!(ntp_of_monotonic(crate::clock::monotonic_now() + Duration::from_secs(5)), None, "from the future");
     }
 }
