@@ -149,11 +149,16 @@ pub fn packetize(au: &AccessUnit, max_payload: usize) -> PacketizedAu {
     PacketizedAu { seq: au.seq, rtp_time: rtp_time_90k(au.capture_time), payloads, bytes }
 }
 
-/// Entries the cache keeps at most: two GOPs of a 30 fps, 1 s GOP camera
-/// plus slack, so a viewer started from the GOP cache hits.
-pub const CACHE_MAX_ENTRIES: usize = 128;
+/// Entries the cache keeps at most: a 30 fps camera's 1 s GOP plus half a
+/// second, so a viewer started from the GOP cache hits. Each entry holds its
+/// FU-A copies and pins its access unit's buffer (single NAL unit payloads
+/// are slices of it), so this bounds memory (128 entries before, with
+/// the NACK history at 1024 packets: 26 MB RSS with 10 viewers at 6 Mbit/s;
+/// now 21 MB, scripts/bench.sh). With a longer GOP a joining viewer packetizes the older
+/// part of it again (tens of microseconds a frame, once).
+pub const CACHE_MAX_ENTRIES: usize = 45;
 /// Bytes of payload the cache keeps at most.
-pub const CACHE_MAX_BYTES: usize = 16 << 20;
+pub const CACHE_MAX_BYTES: usize = 4 << 20;
 
 /// Packetized access units shared by all viewers, keyed by `seq`.
 #[derive(Debug, Default)]

@@ -9,7 +9,9 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, Interceptor, NackResponderBuilder, Packet, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -24,9 +26,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    configure_nack, configure_rtcp_reports, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 use webrtc::runtime::TokioRuntime;
 
@@ -171,12 +172,20 @@ async fn build_peer_connection(
         RtpCodecKind::Video,
         None,
     )?;
-    // NACK responder + generator, sender/receiver reports; then the PLI/FIR
-    // hand-off, application-most. No TWCC/REMB: the camera's bitrate is not
-    // ours to change.
-    let registry = configure_nack(Registry::new(), &mut media_engine);
-    let registry = configure_rtcp_reports(registry);
-    let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
+    // NACK responder and sender reports; then the PLI/FIR hand-off,
+    // application-most. Not `configure_nack`/`configure_rtcp_reports`: their
+    // NACK generator and receiver-report interceptors serve streams we
+    // receive (none), yet every packet sent passes through each interceptor
+    // (a move into and out of its queue, measured in the send profile). No
+    // TWCC/REMB: the camera's bitrate is not ours to change.
+    for parameter in ["", "pli"] {
+        media_engine
+            .register_feedback(RTCPFeedback { typ: "nack".into(), parameter: parameter.into() }, RtpCodecKind::Video);
+    }
+    let registry = Registry::new()
+        .with(Slot::NackResponder, NackResponderBuilder::new().with_size(NACK_HISTORY_PACKETS).build())
+        .with(Slot::SenderReport, SenderReportBuilder::new().build())
+        .with(Slot::from(14_000), KeyframeRequests::default());
     let loopback = inner.config.ips.iter().any(|ip| ip.is_loopback());
     let setting_engine = SettingEngineBuilder::new()
         .with_ice_timeouts(
@@ -213,6 +222,16 @@ async fn build_peer_connection(
         .build()
         .await
 }
+
+/// Pause between catch-up frames from the GOP cache: a 30-frame GOP leaves
+/// in about 60 ms instead of one burst.
+const CATCHUP_PACE: Duration = Duration::from_millis(2);
+
+/// Sent packets kept per viewer for NACK retransmission: about 0.8 s at
+/// 6 Mbit/s, several LAN round trips; a loss older than that is better
+/// repaired by a keyframe request. (The crate's default 1024 costs twice the
+/// memory per viewer.)
+const NACK_HISTORY_PACKETS: u16 = 512;
 
 /// ICE connectivity-check pacing while connecting.
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(25);
@@ -565,6 +584,14 @@ async fn serve(
                 let Ok(au) = frame else { break Err("the hub went away".to_string()) };
                 if let Err(why) = send(inner, &negotiated.track, &mut stamp, &au).await {
                     break Err(why);
+                }
+                if stamp.catchup > 0 {
+                    // Pace the rest of the cached GOP: sent back to back it
+                    // is up to a second of bitrate in a few milliseconds,
+                    // which overflows a receiver's socket buffer (measured:
+                    // lost packets at every join). The first frame, the IDR,
+                    // is never delayed.
+                    tokio::time::sleep(CATCHUP_PACE).await;
                 }
                 if !first_frame_logged {
                     first_frame_logged = true;
