@@ -65,7 +65,7 @@ trap cleanup EXIT INT TERM
 pids+=($!)
 max_viewers=0
 for n in $steps; do [ "$n" -gt "$max_viewers" ] && max_viewers=$n; done
-"$bin" -shm "$shm" -http 127.0.0.1:0 -metrics "" -pprof "" -webrtc-ip 127.0.0.1 \
+"$bin" -shm "$shm" -http 127.0.0.1:0 -metrics 127.0.0.1:0 -pprof "" -webrtc-ip 127.0.0.1 \
     -max-clients $((max_viewers + 2)) -record-path "$work/recordings" 2>"$work/server.log" &
 server=$!
 pids+=($server)
@@ -76,6 +76,8 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 [ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+metrics_line=$(grep -m1 -o 'listening: metrics on [0-9.:]*' "$work/server.log" || true)
+metrics_url="http://${metrics_line##* }/metrics"
 for _ in $(seq 100); do
     curl -fs "$url/health" >/dev/null 2>&1 && break
     sleep 0.1
@@ -86,14 +88,21 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 threads() { awk '/^Threads/ {print $2}' "/proc/$server/status"; }
 fds() { ls "/proc/$server/fd" | wc -l; }
+# The server's own view: loss its viewers' RTCP receiver reports state, and
+# the capture -> last packet handed to a viewer histogram.
+scrape() { curl -fs "$metrics_url" | grep -E '^streaming_(webrtc_packets_lost_total|capture_to_sent_ms_(bucket|count))' || true; }
+clients() { curl -fs "$url/health" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("webrtc_clients", 0))' 2>/dev/null || echo 0; }
 
 echo "machine: $(nproc) cores, $(uname -m), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
 echo "stream: $(basename "$clip") at 30 fps; $seconds s measured per step after the viewers joined"
-printf '%7s %8s %10s %7s %7s %5s %6s %7s %15s %17s\n' \
-    viewers "cpu%" "cpu%/view" "rss_MB" threads fds lost min_fps "ttff_p50/max" "latency_p50/p99"
+printf '%7s %8s %10s %7s %7s %5s %6s %7s %7s %15s %17s %12s\n' \
+    viewers "cpu%" "cpu%/view" "rss_MB" threads fds lost rr_lost min_fps "ttff_p50/max" "latency_p50/p99" "sent_p99"
 base_cpu=""
 for n in $steps; do
     report=$work/load_$n.json
+    # The previous step's viewers must be gone (their slots freed) first.
+    for _ in $(seq 100); do [ "$(clients)" = 0 ] && break; sleep 0.1; done
+    scrape >"$work/before_$n.txt"
     if [ "$n" -gt 0 ]; then
         join_s=$(awk -v n="$n" 'BEGIN {print n * 0.037 + 2}')
         "$bin" -log-level error load-client -url "$url" -viewers "$n" \
@@ -110,18 +119,33 @@ for n in $steps; do
     if [ "$n" -gt 0 ]; then
         wait "$load" || { echo "load client failed with $n viewers:" >&2; tail -5 "$work/load_$n.log" >&2; }
         [ -n "$json_dir" ] && mkdir -p "$json_dir" && cp "$report" "$json_dir/"
-        read -r lost minfps ttff lat < <(python3 - "$report" <<'EOF'
-import json, sys
+        scrape >"$work/after_$n.txt"
+        read -r lost rrlost minfps ttff lat sent < <(python3 - "$report" "$work/before_$n.txt" "$work/after_$n.txt" <<'EOF'
+import json, re, sys
 r = json.load(open(sys.argv[1]))
+def metrics(path):
+    out = {}
+    for line in open(path):
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+before, after = metrics(sys.argv[2]), metrics(sys.argv[3])
+delta = {k: v - before.get(k, 0) for k, v in after.items()}
+rr_lost = int(delta.get("streaming_webrtc_packets_lost_total", 0))
+# p99 of capture -> sent over this step, as the histogram bucket it falls in.
+buckets = sorted((float(re.search(r'le="([^"]+)"', k).group(1)), v) for k, v in delta.items() if "_bucket" in k)
+total = delta.get("streaming_capture_to_sent_ms_count", 0)
+sent = next((f"<={le:g}ms" for le, c in buckets if total and c >= 0.99 * total), "-")
 f = lambda v: "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
-print(r["lost"], f"{r['min_fps']:.1f}", f"{f(r['first_keyframe_p50_ms'])}/{f(r['first_keyframe_max_ms'])}ms",
-      f"{f(r['latency_p50_ms'])}/{f(r['latency_p99_ms'])}ms")
+print(r["lost"], rr_lost, f"{r['min_fps']:.1f}", f"{f(r['first_keyframe_p50_ms'])}/{f(r['first_keyframe_max_ms'])}ms",
+      f"{f(r['latency_p50_ms'])}/{f(r['latency_p99_ms'])}ms", sent)
 EOF
         )
         per=$(awk -v c="$cpu" -v b="${base_cpu:-0}" -v n="$n" 'BEGIN {printf "%.2f", (c - b) / n}')
     else
-        base_cpu=$cpu lost=- minfps=- ttff=- lat=- per=-
+        base_cpu=$cpu lost=- rrlost=- minfps=- ttff=- lat=- per=- sent=-
     fi
-    printf '%7s %8s %10s %7s %7s %5s %6s %7s %15s %17s\n' \
-        "$n" "$cpu" "$per" "$(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}')" "$th" "$fd" "$lost" "$minfps" "$ttff" "$lat"
+    printf '%7s %8s %10s %7s %7s %5s %6s %7s %7s %15s %17s %12s\n' \
+        "$n" "$cpu" "$per" "$(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}')" "$th" "$fd" "$lost" "$rrlost" \
+        "$minfps" "$ttff" "$lat" "$sent"
 done

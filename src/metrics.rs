@@ -122,11 +122,17 @@ impl Metrics {
                 "streaming_process_latency_ms",
                 "H.264 processing and fan-out per frame, ms",
             ),
-            capture_to_sent_ms: latency_histogram(
-                &r,
-                "streaming_capture_to_sent_ms",
-                "Capture (CLOCK_MONOTONIC) to the last packet of a live frame handed to a viewer's connection, ms",
-            ),
+            capture_to_sent_ms: {
+                // Finer than the doubling layout around the 5 ms target.
+                let buckets = vec![0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0];
+                let opts = HistogramOpts::new(
+                    "streaming_capture_to_sent_ms",
+                    "Capture (CLOCK_MONOTONIC) to the last packet of a live frame handed to a viewer's connection, ms",
+                );
+                let metric = Histogram::with_opts(opts.buckets(buckets)).expect("static bucket layout is valid");
+                r.register(Box::new(metric.clone())).expect("each metric is registered once");
+                metric
+            },
             webrtc_buffer_usage_percent: gauge(
                 &r,
                 "streaming_webrtc_buffer_usage_percent",
