@@ -35,8 +35,17 @@
 //! the catch-up frames are stamped 1 tick apart and the browser shows the
 //! newest at once, then live frames follow at the capture cadence (the page
 //! also sets `jitterBufferTarget = 0`). The cost: the whole cached GOP (up
-//! to about a second of bitrate) leaves in one burst, which a lossy Wi-Fi
-//! link may partly drop (NACK repairs it, or a PLI restarts from the IDR).
+//! to about a second of bitrate) leaves at once. The IDR goes out at once,
+//! the rest paced 2 ms a frame (a 30-frame GOP in ~60 ms): back to back it
+//! overflowed receivers' socket buffers at every join (measured with the
+//! load client); what a lossy link still drops, NACK repairs or a PLI
+//! restarts from the IDR. Live frames that arrive meanwhile wait behind it.
+//!
+//! Capture time: when the viewer's offer has `abs-capture-time`, the last
+//! packet of each live frame carries its capture time (the daemon's
+//! CLOCK_MONOTONIC stamp mapped to wall-clock NTP), so browsers and the load
+//! client can measure capture -> receive; `streaming_capture_to_sent_ms`
+//! measures capture -> that packet handed to the viewer's connection.
 //! The playout-delay header extension would do the same on Chromium only and
 //! costs a header extension per packet per viewer, so it is not used.
 //!
