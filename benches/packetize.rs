@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rtc::shared::marshal::Marshal;
 use streaming_server::fake_camera::Clip;
-use streaming_server::h264::{AccessUnit, Processor, RawFrame};
-use streaming_server::webrtc::packetizer::{packetize, PacketCache, MAX_PAYLOAD};
+use streaming_server::h264::{split_annexb, AccessUnit, Processor, RawFrame};
+use streaming_server::webrtc::packetizer::{packetize, rtp_packet, PacketCache, MAX_PAYLOAD};
 
 fn clip_path(benching: bool) -> PathBuf {
     if let Some(path) = std::env::var_os("BENCH_CLIP") {
@@ -63,8 +64,25 @@ fn main() {
         bytes as f64 / units.len() as f64 / 1024.0
     );
 
-    // Packetize every access unit, many rounds; IDRs and the rest apart.
+    // Annex-B split (start-code scan) of each access unit as the camera
+    // wrote it: what the processor does once per frame.
     let rounds = if benching { (20_000 / units.len()).max(3) } else { 1 };
+    let started = Instant::now();
+    let mut nals = 0usize;
+    for _ in 0..rounds {
+        for au in &units {
+            nals += std::hint::black_box(split_annexb(&au.data)).len();
+        }
+    }
+    let per_frame = started.elapsed() / (rounds * units.len()) as u32;
+    println!(
+        "Annex-B split (once per frame): {:.1} us per frame, {:.0} MB/s, {:.1} NAL units per frame",
+        per_frame.as_secs_f64() * 1e6,
+        (bytes * rounds) as f64 / started.elapsed().as_secs_f64() / 1e6,
+        nals as f64 / (rounds * units.len()) as f64
+    );
+
+    // Packetize every access unit, many rounds; IDRs and the rest apart.
     let (mut idr, mut other) = (Vec::new(), Vec::new());
     let mut packets = 0usize;
     for _ in 0..rounds {
@@ -95,6 +113,30 @@ fn main() {
         p_mean.as_secs_f64() * 1e6,
         p_p99.as_secs_f64() * 1e6,
         packets as f64 / (rounds * units.len()) as f64
+    );
+
+    // Per viewer per frame, this crate's part of a send: the viewer's RTP
+    // headers around the shared payloads, and each packet marshalled as the
+    // `webrtc` crate does before SRTP (SRTP and sendmsg are the crate's and
+    // the kernel's: scripts/bench.sh measures the whole).
+    let packetized: Vec<_> = units.iter().map(|au| packetize(au, MAX_PAYLOAD)).collect();
+    let frames = if benching { 20_000 } else { 100 };
+    let started = Instant::now();
+    let mut sent = 0usize;
+    for i in 0..frames {
+        let au = &packetized[i % packetized.len()];
+        let count = au.payloads.len();
+        for (j, payload) in au.payloads.iter().enumerate() {
+            let packet = rtp_packet(payload, 0x1234_5678, 102, (sent & 0xffff) as u16, au.rtp_time, j + 1 == count);
+            std::hint::black_box(packet.marshal().expect("a valid RTP packet"));
+            sent += 1;
+        }
+    }
+    let took = started.elapsed();
+    println!(
+        "per-viewer send, headers + marshal: {:.2} us per frame, {:.0} ns per packet",
+        took.as_secs_f64() * 1e6 / frames as f64,
+        took.as_secs_f64() * 1e9 / sent as f64
     );
 
     // A viewer's lookup of an access unit another viewer packetized.

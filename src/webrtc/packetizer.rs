@@ -142,6 +142,30 @@ fn fragment(nal: &Bytes, max_payload: usize, out: &mut Vec<Bytes>) {
     out.extend(bounds.into_iter().map(|range| all.slice(range)));
 }
 
+/// One viewer's RTP packet around a shared payload: only the header is this
+/// viewer's; the payload is a reference-count bump, not a copy.
+pub fn rtp_packet(
+    payload: &Bytes,
+    ssrc: u32,
+    payload_type: u8,
+    sequence_number: u16,
+    timestamp: u32,
+    marker: bool,
+) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type,
+            sequence_number,
+            timestamp,
+            ssrc,
+            ..Default::default()
+        },
+        payload: payload.clone(),
+    }
+}
+
 /// Packetizes one access unit.
 pub fn packetize(au: &AccessUnit, max_payload: usize) -> PacketizedAu {
     let payloads = packetize_nals(au.nal_units(), max_payload);

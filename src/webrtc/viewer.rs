@@ -442,18 +442,8 @@ impl Stamp {
             let sequence_number = self.seq;
             self.seq = self.seq.wrapping_add(1);
             let last = i + 1 == count;
-            let mut packet = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    marker: last,
-                    payload_type: self.payload_type,
-                    sequence_number,
-                    timestamp,
-                    ssrc: self.ssrc,
-                    ..Default::default()
-                },
-                payload: payload.clone(),
-            };
+            let mut packet =
+                super::packetizer::rtp_packet(payload, self.ssrc, self.payload_type, sequence_number, timestamp, last);
             if let (true, Some((id, ntp))) = (last, extension) {
                 // Short form: the 64-bit NTP capture time only (8 bytes, a
                 // one-byte-header element); id 1..=14 checked at negotiation.
