@@ -19,12 +19,19 @@ retry() { # mirrors are sometimes mid-sync
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# systemd: systemd-analyze for the unit test; curl: scripts/flamegraph.sh and the cross smoke run.
-apt_packages=(ffmpeg chromium python3-venv nodejs npm systemd curl)
+# What the tests run, and the Debian package that provides it when missing.
+# Checked by command, not by package: a machine may already have, e.g.,
+# Node.js with its own npm from another package, and Debian's npm package
+# conflicts with that.
 missing=()
-for p in "${apt_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("${@:2}"); }
+need ffprobe ffmpeg                 # recordings checked with ffprobe/ffmpeg
+need chromium chromium              # browser tests (playwright-core drives it)
+need node nodejs
+need npm npm
+need systemd-analyze systemd        # the unit file test
+need curl curl                      # scripts/flamegraph.sh, README examples, cross smoke run
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing: ${missing[*]}"
     retry as_root apt-get update
