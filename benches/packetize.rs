@@ -6,7 +6,9 @@
 //! default the 1080p30 clip the reader benchmark generates in target/bench/
 //! if present, else the bundled 640x360 demo clip).
 
-use std::path::PathBuf;
+#[path = "support/clip.rs"]
+mod clip;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,24 +18,11 @@ use streaming_server::fake_camera::Clip;
 use streaming_server::h264::{split_annexb, AccessUnit, Processor, RawFrame};
 use streaming_server::webrtc::packetizer::{packetize, rtp_packet, PacketCache, MAX_PAYLOAD};
 
-fn clip_path(benching: bool) -> PathBuf {
-    if let Some(path) = std::env::var_os("BENCH_CLIP") {
-        return PathBuf::from(path);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let generated = root.join("target/bench/clip_1080p30_6mbps.h264");
-    if benching && generated.exists() {
-        generated
-    } else {
-        root.join("assets/demo.h264")
-    }
-}
-
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this too,
     // without it: a quick smoke run on the demo clip there.
     let benching = std::env::args().any(|a| a == "--bench");
-    let path = clip_path(benching);
+    let path = clip::clip_path(benching).unwrap_or_else(|e| panic!("bench clip: {e}"));
     let clip = Clip::parse(&std::fs::read(&path).expect("read the clip")).expect("parse the clip");
     let mut processor = Processor::new();
     let units: Vec<Arc<AccessUnit>> = clip

@@ -13,11 +13,12 @@
 //! own CPU time comes from `getrusage(RUSAGE_THREAD)`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support/clip.rs"]
+mod clip;
 
 use streaming_server::abi::{Layout, TimeBits};
 use streaming_server::clock::monotonic_now;
@@ -27,34 +28,6 @@ use streaming_server::metrics::Metrics;
 use streaming_server::pipeline::{self, Media};
 use streaming_server::shm::{ReaderConfig, Segment};
 use streaming_server::shutdown;
-
-fn bench_clip(benching: bool) -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("BENCH_CLIP") {
-        return Ok(PathBuf::from(path));
-    }
-    if !benching {
-        return Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo.h264"));
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    let path = dir.join("clip_1080p30_6mbps.h264");
-    if path.exists() {
-        return Ok(path);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    eprintln!("generating {} with ffmpeg (once)...", path.display());
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=10"])
-        .args(["-c:v", "libx264", "-profile:v", "high", "-preset", "veryfast", "-tune", "zerolatency"])
-        .args(["-g", "30", "-keyint_min", "30", "-sc_threshold", "0", "-b:v", "6M", "-maxrate", "6M"])
-        .args(["-bufsize", "2M", "-pix_fmt", "yuv420p", "-x264-params", "aud=1"])
-        .arg(&path)
-        .status()
-        .map_err(|e| format!("ffmpeg not runnable ({e}); set BENCH_CLIP to an Annex-B .h264 file"))?;
-    if !status.success() {
-        return Err(format!("ffmpeg failed: {status}"));
-    }
-    Ok(path)
-}
 
 fn thread_cpu_time() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we pass.
@@ -77,7 +50,7 @@ fn main() -> Result<(), String> {
     let benching = std::env::args().any(|a| a == "--bench");
     let seconds: u64 =
         std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if benching { 60 } else { 1 });
-    let clip_path = bench_clip(benching)?;
+    let clip_path = clip::clip_path(benching)?;
     let clip = Clip::parse(&std::fs::read(&clip_path).map_err(|e| e.to_string())?)?;
     let bytes: usize = clip.units.iter().map(Vec::len).sum();
     let mbps = bytes as f64 * 8.0 / (clip.units.len() as f64 / 30.0) / 1e6;

@@ -22,30 +22,15 @@ mod common;
 #[path = "../tests/webrtc_common/mod.rs"]
 mod webrtc_common;
 
+#[path = "support/clip.rs"]
+mod clip;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use webrtc_common::{Client, CHROME_H264};
-
-fn clip_path(benching: bool) -> PathBuf {
-    if let Some(path) = std::env::var_os("BENCH_CLIP") {
-        return PathBuf::from(path);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let generated = root.join("target/bench/clip_1080p30_6mbps.h264");
-    if benching && generated.exists() {
-        generated
-    } else {
-        if benching {
-            eprintln!(
-                "no target/bench/clip_1080p30_6mbps.h264 (cargo bench --bench reader makes it): using the demo clip"
-            );
-        }
-        root.join("assets/demo.h264")
-    }
-}
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -114,7 +99,7 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let clip = clip_path(benching);
+    let clip = clip::clip_path(benching).unwrap_or_else(|e| panic!("bench clip: {e}"));
     let flamegraph = std::env::var_os("BENCH_FLAMEGRAPH").is_some();
     let shm = common::unique_shm("bench_webrtc");
     let _camera = common::fake_camera(&shm, &["-fps", "30", "-file", clip.to_str().unwrap()]);

@@ -1,0 +1,36 @@
+//! The stream the benchmarks play: shared by every bench target.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `BENCH_CLIP` if set; under `cargo test` (not benching) the small demo
+/// clip; else a 1080p30 ~6 Mbit/s clip with an IDR every second, made once
+/// with ffmpeg in target/bench/.
+pub fn clip_path(benching: bool) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("BENCH_CLIP") {
+        return Ok(PathBuf::from(path));
+    }
+    if !benching {
+        return Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo.h264"));
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let path = dir.join("clip_1080p30_6mbps.h264");
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    eprintln!("generating {} with ffmpeg (once)...", path.display());
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=10"])
+        .args(["-c:v", "libx264", "-profile:v", "high", "-preset", "veryfast", "-tune", "zerolatency"])
+        .args(["-g", "30", "-keyint_min", "30", "-sc_threshold", "0", "-b:v", "6M", "-maxrate", "6M"])
+        .args(["-bufsize", "2M", "-pix_fmt", "yuv420p", "-x264-params", "aud=1"])
+        .arg(&path)
+        .status()
+        .map_err(|e| format!("ffmpeg not runnable ({e}); set BENCH_CLIP to an Annex-B .h264 file"))?;
+    if !status.success() {
+        return Err(format!("ffmpeg failed: {status}"));
+    }
+    Ok(path)
+}
