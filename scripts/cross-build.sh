@@ -54,16 +54,7 @@ upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
 lower=$(echo "$target" | tr '-' '_')
 
 skip() { echo "SKIPPED: cross $target: $*"; exit 77; }
-retry() { # mirrors are sometimes mid-sync
-    local n
-    for n in 1 2 3 4; do
-        "$@" && return 0
-        echo "retry $n/4 failed: $*" >&2
-        sleep $((n * 10))
-    done
-    return 1
-}
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+. scripts/lib.sh # retry, as_root
 apt_install() {
     local missing=() p
     for p in "$@"; do

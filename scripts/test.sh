@@ -7,17 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-retry() { # mirrors are sometimes mid-sync
-    local n
-    for n in 1 2 3 4; do
-        "$@" && return 0
-        echo "retry $n/4 failed: $*" >&2
-        sleep $((n * 10))
-    done
-    return 1
-}
+. scripts/lib.sh # retry, as_root
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # What the tests run, and the Debian package that provides it when missing.
 # Checked by command, not by package: a machine may already have, e.g.,
