@@ -93,6 +93,14 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first, so a fake camera unlinks its segment and a server
+        // removes its demo segment (SIGKILL would leave 93 MB segments in
+        // /dev/shm); SIGCONT in case a test stopped it. Then make sure.
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            self.signal(libc::SIGCONT);
+            let _ = self.wait_exit(Duration::from_millis(1500));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
