@@ -138,13 +138,17 @@ impl RecorderConfig {
     }
 }
 
+/// Splits a flag like `10m` into its leading digits and the unit after them;
+/// None for an empty flag (the feature is off).
+fn number_and_unit(text: &str) -> Option<(&str, &str)> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len())))
+}
+
 /// Parses a duration flag: `600`, `600s`, `10m`, `1h` (0 means off).
 pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    let Some((number, unit)) = number_and_unit(text) else { return Ok(None) };
     let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let value: u64 = number.parse().map_err(|_| format!("bad duration {text:?}: expected e.g. 600s, 10m, 1h"))?;
     let seconds = match unit {
         "" | "s" => value,
@@ -157,11 +161,8 @@ pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
 
 /// Parses a size flag: `500000`, `500K`, `200M`, `2G` (powers of 1024; 0 means off).
 pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    let Some((number, unit)) = number_and_unit(text) else { return Ok(None) };
     let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let value: u64 = number.parse().map_err(|_| format!("bad size {text:?}: expected e.g. 500M, 2G"))?;
     let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
         "" => 0,

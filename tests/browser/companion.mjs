@@ -5,25 +5,11 @@
 // Usage: node companion.mjs COMPANION_URL
 // Prints one JSON line with what it saw; the Rust test that spawns this
 // (tests/companion_browser.rs) makes the assertions.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 
 const url = process.argv[2];
-const executablePath = process.env.STREAMING_TEST_CHROMIUM || "/usr/bin/chromium";
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "streaming-companion-"));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath,
-  headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const context = await launchChromium("streaming-companion-");
 const result = { consoleErrors: [] };
 try {
   const page = context.pages()[0] || (await context.newPage());

@@ -8,7 +8,7 @@
 // In reconnect mode it prints READY once frames play, then waits (up to
 // 60 s) for the page to have reconnected and to play again, while the test
 // stops and restarts the camera.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -18,7 +18,6 @@ const url = process.argv[2];
 const viewers = Number(process.argv[3] || 3);
 const screenshotPath = process.argv[4] || path.join(os.tmpdir(), "viewer.png");
 const reconnectMode = process.argv[5] === "reconnect";
-const executablePath = process.env.STREAMING_TEST_CHROMIUM || "/usr/bin/chromium";
 
 // Minimal PNG decoder (8-bit RGB/RGBA, non-interlaced: what Chromium writes),
 // so the check reads the real screenshot bytes without extra packages.
@@ -71,22 +70,7 @@ function luma(img) {
   return values;
 }
 
-const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "streaming-chromium-"));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath,
-  headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    // The server offers loopback candidates only (tests talk to 127.0.0.1).
-    "--allow-loopback-in-peer-connection",
-    // Real browsers hide their host addresses behind mDNS names, which the
-    // server cannot resolve; it learns the address from the browser's
-    // checks instead. STREAMING_TEST_MDNS=1 tests exactly that.
-    ...(process.env.STREAMING_TEST_MDNS === "1" ? [] : ["--disable-features=WebRtcHideLocalIpsWithMdns"]),
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const context = await launchChromium("streaming-chromium-");
 const result = { viewers: [], screenshot: null };
 try {
   const pages = [];

@@ -1,0 +1,25 @@
+// Starts Debian's headless Chromium (STREAMING_TEST_CHROMIUM, default
+// /usr/bin/chromium) with a fresh profile, as the browser tests need it.
+import { chromium } from "playwright-core";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+export async function launchChromium(profilePrefix) {
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), profilePrefix));
+  return chromium.launchPersistentContext(userDataDir, {
+    executablePath: process.env.STREAMING_TEST_CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      // The server offers loopback candidates only (tests talk to 127.0.0.1).
+      "--allow-loopback-in-peer-connection",
+      // Real browsers hide their host addresses behind mDNS names, which the
+      // server cannot resolve; it learns the address from the browser's
+      // checks instead. STREAMING_TEST_MDNS=1 tests exactly that.
+      ...(process.env.STREAMING_TEST_MDNS === "1" ? [] : ["--disable-features=WebRtcHideLocalIpsWithMdns"]),
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+  });
+}
