@@ -6,7 +6,6 @@
 // Prints one JSON line with what it saw; the Rust test that spawns this
 // (tests/companion_browser.rs) makes the assertions.
 import { launchChromium } from "./launch.mjs";
-import fs from "node:fs";
 
 const url = process.argv[2];
 const context = await launchChromium("streaming-companion-");
@@ -38,6 +37,5 @@ try {
   result.errorText = await page.textContent("#error");
 } finally {
   await context.close();
-  fs.rmSync(userDataDir, { recursive: true, force: true });
 }
 console.log(JSON.stringify(result));

@@ -1,5 +1,6 @@
 // Starts Debian's headless Chromium (STREAMING_TEST_CHROMIUM, default
-// /usr/bin/chromium) with a fresh profile, as the browser tests need it.
+// /usr/bin/chromium) with a fresh profile, as the browser tests need it;
+// closing the returned context also removes the profile.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import os from "node:os";
@@ -7,7 +8,7 @@ import path from "node:path";
 
 export async function launchChromium(profilePrefix) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), profilePrefix));
-  return chromium.launchPersistentContext(userDataDir, {
+  const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.STREAMING_TEST_CHROMIUM || "/usr/bin/chromium",
     headless: true,
     args: [
@@ -22,4 +23,11 @@ export async function launchChromium(profilePrefix) {
       "--autoplay-policy=no-user-gesture-required",
     ],
   });
+  // After Chromium has exited, not on its "close" event (it still writes then).
+  const close = context.close.bind(context);
+  context.close = async (...args) => {
+    await close(...args);
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  };
+  return context;
 }

@@ -9,7 +9,6 @@
 // 60 s) for the page to have reconnected and to play again, while the test
 // stops and restarts the camera.
 import { launchChromium } from "./launch.mjs";
-import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import zlib from "node:zlib";
@@ -104,8 +103,7 @@ try {
     const s = await page.evaluate(() => ({ ...window.viewerStats }));
     console.log(JSON.stringify({ reconnected: true, connects: s.connects, lastError: s.lastError, framesDecoded: s.framesDecoded, fps: s.fps }));
     await context.close();
-    fs.rmSync(userDataDir, { recursive: true, force: true });
-    process.exit(0);
+      process.exit(0);
   }
   // Frame rate over a 5 s window, per page.
   const before = await Promise.all(pages.map(({ page }) => page.evaluate(() => ({ ...window.viewerStats }))));
@@ -133,6 +131,5 @@ try {
   result.screenshot = { path: screenshotPath, meanLuma: sum / a.length, changedFraction: changed / a.length, pixels: a.length };
 } finally {
   await context.close();
-  fs.rmSync(userDataDir, { recursive: true, force: true });
 }
 console.log(JSON.stringify(result));
