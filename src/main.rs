@@ -179,6 +179,7 @@ fn serve(args: &Args) -> Result<(), String> {
         if seconds % 5 != 0 {
             continue;
         }
+        release_free_heap();
         log::info!(
             "camera: {:.1} fps, {} frames read, {} dropped, {} read errors, {} process errors, GOP cache {} frames",
             (read - last_read) as f64 / 5.0,
@@ -245,4 +246,17 @@ fn start_listeners(
         listeners.push(profiling::serve(addr, shutdown.clone())?);
     }
     Ok(listeners)
+}
+
+/// Hands the heap's free pages back to the kernel. glibc keeps what a burst
+/// freed (a viewer's DTLS handshake and catch-up, an SDP exchange) in each
+/// thread's arena; trimming every few seconds took ~1 MB off the RSS with 10
+/// viewers (README, Performance). Not on the media path: the main thread
+/// only waits for shutdown. Each arena is locked for the walk (microseconds).
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and may run on any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

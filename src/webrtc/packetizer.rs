@@ -173,14 +173,13 @@ pub fn packetize(au: &AccessUnit, max_payload: usize) -> PacketizedAu {
     PacketizedAu { seq: au.seq, rtp_time: rtp_time_90k(au.capture_time), payloads, bytes }
 }
 
-/// Entries the cache keeps at most: a 30 fps camera's 1 s GOP plus half a
-/// second, so a viewer started from the GOP cache hits. Each entry holds its
-/// FU-A copies and pins its access unit's buffer (single NAL unit payloads
-/// are slices of it), so this bounds memory (128 entries before, with
-/// the NACK history at 1024 packets: 26 MB RSS with 10 viewers at 6 Mbit/s;
-/// now 21 MB, scripts/bench.sh). With a longer GOP a joining viewer packetizes the older
-/// part of it again (tens of microseconds a frame, once).
-pub const CACHE_MAX_ENTRIES: usize = 45;
+/// Entries the cache keeps at most: a 30 fps camera's 1 s GOP and a little,
+/// so a viewer started from the GOP cache hits. Each entry holds its FU-A
+/// copies (~25 KB a frame at 1080p 6 Mbit/s) and pins its access unit's
+/// buffer (single NAL unit payloads are slices of it), so this bounds
+/// memory. With a longer GOP a joining viewer packetizes the older part of
+/// it again (tens of microseconds a frame, once).
+pub const CACHE_MAX_ENTRIES: usize = 32;
 /// Bytes of payload the cache keeps at most.
 pub const CACHE_MAX_BYTES: usize = 4 << 20;
 
