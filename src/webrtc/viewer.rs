@@ -227,11 +227,18 @@ async fn build_peer_connection(
 /// in about 60 ms instead of one burst.
 const CATCHUP_PACE: Duration = Duration::from_millis(2);
 
-/// Sent packets kept per viewer for NACK retransmission: about 0.8 s at
-/// 6 Mbit/s, several LAN round trips; a loss older than that is better
-/// repaired by a keyframe request. (The crate's default 1024 costs twice the
-/// memory per viewer.)
-const NACK_HISTORY_PACKETS: u16 = 512;
+/// Sent packets kept per viewer for NACK retransmission: about 0.4 s at
+/// 6 Mbit/s, many round trips even on Wi-Fi; a loss older than that is
+/// better repaired by a keyframe request. (Each slot costs ~110 bytes per
+/// viewer: the crate's default 1024 is 112 KiB.)
+const NACK_HISTORY_PACKETS: u16 = 256;
+
+/// Packets per write to the peer connection. Each stage of the crate's send
+/// pipeline keeps a queue as long as the longest write it has seen, per
+/// viewer (~200 bytes a slot, seven stages): 32 covers a P frame at 1080p
+/// 6 Mbit/s in one write and an IDR frame in two. Matches the driver's burst
+/// cap (vendor/webrtc/PATCHES.md).
+const WRITE_BATCH_PACKETS: usize = 32;
 
 /// ICE connectivity-check pacing while connecting.
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(25);
@@ -670,8 +677,19 @@ async fn send(inner: &Inner, track: &TrackLocalStaticRTP, stamp: &mut Stamp, au:
     let packets = inner.cache.get(au);
     let live = stamp.catchup == 0;
     let capture_ntp = stamp.abs_capture_id.and_then(|_| ntp_of_monotonic(au.capture_time));
+    // Driver events of up to WRITE_BATCH_PACKETS packets: one channel send
+    // and one lock of the peer connection each instead of one per packet
+    // (vendor/webrtc/PATCHES.md).
+    let mut batch = Vec::with_capacity(WRITE_BATCH_PACKETS);
     for packet in stamp.packets(&packets, capture_ntp) {
-        track.write_rtp(packet).await.map_err(|e| format!("write_rtp: {e}"))?;
+        batch.push(packet);
+        if batch.len() == WRITE_BATCH_PACKETS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH_PACKETS));
+            track.write_rtp_batch(full).await.map_err(|e| format!("write_rtp: {e}"))?;
+        }
+    }
+    if !batch.is_empty() {
+        track.write_rtp_batch(batch).await.map_err(|e| format!("write_rtp: {e}"))?;
     }
     if live {
         // Handed to the peer connection's driver task, which seals and sends

@@ -83,26 +83,41 @@ use std::time::{Duration, Instant};
 /// every iteration, so a dropped nudge loses nothing.
 pub(crate) const APPLICATION_TO_DRIVER_EVENT_CHANNEL_CAPACITY: usize = 256;
 
-/// streaming-server patch: most driver events handled per loop turn.
-const MAX_DRIVER_EVENT_BURST: usize = 128;
+/// streaming-server patch: most RTP packets taken per loop turn (a single
+/// event may hold more). Every handler of the rtc pipeline keeps a queue as
+/// long as the longest turn, per connection.
+const MAX_DRIVER_BURST_PACKETS: usize = 32;
 
 /// streaming-server patch: waits for one driver event, then takes those
-/// already queued behind it (up to [`MAX_DRIVER_EVENT_BURST`]). Empty when
-/// the channel is closed (upstream ignored that `None` the same way).
+/// already queued behind it while they hold fewer than
+/// [`MAX_DRIVER_BURST_PACKETS`] RTP packets. Empty when the channel is closed
+/// (upstream ignored that `None` the same way).
 async fn recv_driver_event_burst(
     rx: &mut Receiver<PeerConnectionDriverEvent>,
 ) -> Vec<PeerConnectionDriverEvent> {
     let Some(first) = rx.recv().await else {
         return Vec::new();
     };
+    let mut packets = first.rtp_packets();
     let mut events = vec![first];
-    while events.len() < MAX_DRIVER_EVENT_BURST {
+    while packets < MAX_DRIVER_BURST_PACKETS {
         match rx.try_recv() {
-            Ok(evt) => events.push(evt),
+            Ok(evt) => {
+                packets += evt.rtp_packets();
+                events.push(evt);
+            }
             Err(_) => break,
         }
     }
     events
+}
+
+std::thread_local! {
+    /// streaming-server patch: one concatenation buffer for GSO sends per
+    /// worker thread instead of one per connection (64 KiB each). Taken out
+    /// for a flush and put back after, so a flush that awaits never shares
+    /// it; a flush that finds it taken uses a buffer of its own.
+    static GSO_SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Capacity of each **driver → data-channel** event channel (OnOpen, OnMessage, OnClose, …).
@@ -501,6 +516,8 @@ fn is_link_local(ip: &IpAddr) -> bool {
 #[derive(Debug)]
 pub(crate) enum PeerConnectionDriverEvent {
     SenderRtp(RTCRtpSenderId, rtp::Packet),
+    /// streaming-server patch: the packets of one frame, written in order.
+    SenderRtpBatch(RTCRtpSenderId, Vec<rtp::Packet>),
     SenderRtcp(RTCRtpSenderId, Vec<Box<dyn rtcp::Packet>>),
     ReceiverRtcp(RTCRtpReceiverId, Vec<Box<dyn rtcp::Packet>>),
     RemoteIceTcpPassiveCandidate(Candidate),
@@ -514,6 +531,17 @@ pub(crate) enum PeerConnectionDriverEvent {
     Close,
 }
 
+impl PeerConnectionDriverEvent {
+    /// streaming-server patch: RTP packets this event writes (for the burst cap).
+    fn rtp_packets(&self) -> usize {
+        match self {
+            PeerConnectionDriverEvent::SenderRtp(..) => 1,
+            PeerConnectionDriverEvent::SenderRtpBatch(_, packets) => packets.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// The driver for a peer connection
 ///
 /// Runs the event loop following rtc's EventLoop pattern with select!
@@ -524,9 +552,6 @@ pub(crate) struct PeerConnectionDriver<A = SocketAddr> {
     tcp_transport: RTCTcpTransport,
     mdns_socket: Option<Arc<dyn AsyncUdpSocket>>,
     udp_sockets: HashMap<SocketAddr, Arc<dyn AsyncUdpSocket>>,
-    /// Reused scratch buffer for concatenating a run of same-destination datagrams
-    /// into one UDP GSO send (see [`flush_writes`](Self::flush_writes)).
-    gso_scratch: Vec<u8>,
     ice_gathering_active: bool,
     stun_gathering_complete: bool,
     turn_gathering_complete: bool,
@@ -605,7 +630,6 @@ where
             ),
             mdns_socket: None,
             udp_sockets: HashMap::new(),
-            gso_scratch: Vec::new(),
             tcp_transport: RTCTcpTransport::new(HashMap::new()),
             ice_gathering_active: false,
             stun_gathering_complete: false,
@@ -1687,6 +1711,22 @@ where
                     );
                 }
             }
+            // streaming-server patch: one core lock for a whole frame.
+            PeerConnectionDriverEvent::SenderRtpBatch(sender_id, packets) => {
+                let mut core = self.inner.core.lock().await;
+                if let Some(mut sender) = core.rtp_sender(sender_id) {
+                    for packet in packets {
+                        if let Err(err) = sender.write_rtp(now, packet) {
+                            error!("Failed to send RTP: {}", err);
+                        }
+                    }
+                } else {
+                    error!(
+                        "Failed to send RTP due to unknown sender id {:?}",
+                        sender_id
+                    );
+                }
+            }
             PeerConnectionDriverEvent::SenderRtcp(sender_id, rtcp_packets) => {
                 let mut core = self.inner.core.lock().await;
                 if let Some(mut sender) = core.rtp_sender(sender_id) {
@@ -2018,9 +2058,9 @@ where
     /// TURN-relayed, or datagrams for an unknown socket — falls back to the
     /// per-packet [`handle_write`](Self::handle_write) path unchanged.
     async fn flush_writes(&mut self, mut writes: Vec<TaggedBytesMut>) {
-        // Borrow the reusable concat buffer out of `self` so the sends below don't
-        // hold a `&self` borrow across `.await`.
-        let mut scratch = std::mem::take(&mut self.gso_scratch);
+        // streaming-server patch: the worker thread's reusable concat buffer
+        // (see GSO_SCRATCH), owned here across the `.await`s below.
+        let mut scratch = GSO_SCRATCH.with(|cell| cell.take());
         let n = writes.len();
         let mut i = 0;
         while i < n {
@@ -2131,7 +2171,10 @@ where
         }
 
         scratch.clear();
-        self.gso_scratch = scratch;
+        GSO_SCRATCH.with(|cell| {
+            let other = cell.take();
+            cell.set(if other.capacity() > scratch.capacity() { other } else { scratch });
+        });
     }
 
     async fn poll_events(&mut self) {

@@ -75,6 +75,23 @@ impl TrackLocalStaticRTP {
         }
     }
 
+    /// streaming-server patch: writes the packets of one frame as one driver
+    /// event (one context lock and one channel send instead of one per
+    /// packet); they are sealed and sent in order, like `write_rtp` calls.
+    pub async fn write_rtp_batch(&self, packets: Vec<rtp::Packet>) -> Result<()> {
+        let ctx_opt = self.ctx.lock().await;
+        if let Some(ctx) = &*ctx_opt {
+            let tx = ctx.driver_event_tx.clone();
+            let rtp_sender_id = ctx.rtp_sender_id;
+            drop(ctx_opt);
+            tx.send(PeerConnectionDriverEvent::SenderRtpBatch(rtp_sender_id, packets))
+                .await
+                .map_err(|e| Error::Other(format!("{:?}", e)))
+        } else {
+            Err(Error::Other("track is not binding yet".to_string()))
+        }
+    }
+
     /// Writes an RTP packet to the track with the specified header extensions.
     pub async fn write_rtp_with_extensions(
         &self,
