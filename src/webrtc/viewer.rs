@@ -680,15 +680,12 @@ async fn send(inner: &Inner, track: &TrackLocalStaticRTP, stamp: &mut Stamp, au:
     // Driver events of up to WRITE_BATCH_PACKETS packets: one channel send
     // and one lock of the peer connection each instead of one per packet
     // (vendor/webrtc/PATCHES.md).
-    let mut batch = Vec::with_capacity(WRITE_BATCH_PACKETS);
-    for packet in stamp.packets(&packets, capture_ntp) {
-        batch.push(packet);
-        if batch.len() == WRITE_BATCH_PACKETS {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH_PACKETS));
-            track.write_rtp_batch(full).await.map_err(|e| format!("write_rtp: {e}"))?;
+    let mut stamped = stamp.packets(&packets, capture_ntp);
+    loop {
+        let batch: Vec<_> = stamped.by_ref().take(WRITE_BATCH_PACKETS).collect();
+        if batch.is_empty() {
+            break;
         }
-    }
-    if !batch.is_empty() {
         track.write_rtp_batch(batch).await.map_err(|e| format!("write_rtp: {e}"))?;
     }
     if live {

@@ -1694,38 +1694,39 @@ where
         }
     }
 
+    /// streaming-server patch: writes packets to a sender under one core lock
+    /// (the `SenderRtp` arm's body, shared with `SenderRtpBatch`).
+    async fn write_sender_rtp(
+        &mut self,
+        now: Instant,
+        sender_id: RTCRtpSenderId,
+        packets: impl IntoIterator<Item = rtp::Packet>,
+    ) {
+        let mut core = self.inner.core.lock().await;
+        if let Some(mut sender) = core.rtp_sender(sender_id) {
+            for packet in packets {
+                if let Err(err) = sender.write_rtp(now, packet) {
+                    error!("Failed to send RTP: {}", err);
+                }
+            }
+        } else {
+            error!(
+                "Failed to send RTP due to unknown sender id {:?}",
+                sender_id
+            );
+        }
+    }
+
     async fn handle_driver_event(&mut self, evt: PeerConnectionDriverEvent) -> bool {
         // One instant for the whole event: everything this dispatches is caused by it.
         let now = self.inner.runtime.now();
         match evt {
             PeerConnectionDriverEvent::SenderRtp(sender_id, packet) => {
-                let mut core = self.inner.core.lock().await;
-                if let Some(mut sender) = core.rtp_sender(sender_id) {
-                    if let Err(err) = sender.write_rtp(now, packet) {
-                        error!("Failed to send RTP: {}", err);
-                    }
-                } else {
-                    error!(
-                        "Failed to send RTP due to unknown sender id {:?}",
-                        sender_id
-                    );
-                }
+                self.write_sender_rtp(now, sender_id, [packet]).await;
             }
             // streaming-server patch: one core lock for a whole frame.
             PeerConnectionDriverEvent::SenderRtpBatch(sender_id, packets) => {
-                let mut core = self.inner.core.lock().await;
-                if let Some(mut sender) = core.rtp_sender(sender_id) {
-                    for packet in packets {
-                        if let Err(err) = sender.write_rtp(now, packet) {
-                            error!("Failed to send RTP: {}", err);
-                        }
-                    }
-                } else {
-                    error!(
-                        "Failed to send RTP due to unknown sender id {:?}",
-                        sender_id
-                    );
-                }
+                self.write_sender_rtp(now, sender_id, packets).await;
             }
             PeerConnectionDriverEvent::SenderRtcp(sender_id, rtcp_packets) => {
                 let mut core = self.inner.core.lock().await;

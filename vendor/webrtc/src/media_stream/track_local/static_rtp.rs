@@ -49,7 +49,7 @@ use rtc::media_stream::{
     MediaTrackCapabilities, MediaTrackConstraints, MediaTrackSettings,
 };
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpEncodingParameters, RtpCodecKind};
-use rtc::rtp_transceiver::{RtpStreamId, SSRC};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RtpStreamId, SSRC};
 use rtc::shared::error::flatten_errs;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::{rtcp, rtp};
@@ -79,12 +79,23 @@ impl TrackLocalStaticRTP {
     /// event (one context lock and one channel send instead of one per
     /// packet); they are sealed and sent in order, like `write_rtp` calls.
     pub async fn write_rtp_batch(&self, packets: Vec<rtp::Packet>) -> Result<()> {
+        self.send_to_driver(|id| PeerConnectionDriverEvent::SenderRtpBatch(id, packets))
+            .await
+    }
+
+    /// streaming-server patch: the body `write_rtp`, `write_rtcp` and
+    /// `write_rtp_batch` shared. Awaits a full channel: blocking the writer is
+    /// the outbound back-pressure mechanism, not a failure mode.
+    async fn send_to_driver(
+        &self,
+        event: impl FnOnce(RTCRtpSenderId) -> PeerConnectionDriverEvent,
+    ) -> Result<()> {
         let ctx_opt = self.ctx.lock().await;
         if let Some(ctx) = &*ctx_opt {
             let tx = ctx.driver_event_tx.clone();
             let rtp_sender_id = ctx.rtp_sender_id;
             drop(ctx_opt);
-            tx.send(PeerConnectionDriverEvent::SenderRtpBatch(rtp_sender_id, packets))
+            tx.send(event(rtp_sender_id))
                 .await
                 .map_err(|e| Error::Other(format!("{:?}", e)))
         } else {
@@ -264,37 +275,13 @@ impl TrackLocal for TrackLocalStaticRTP {
     }
 
     async fn write_rtp(&self, packet: rtp::Packet) -> Result<()> {
-        let ctx_opt = self.ctx.lock().await;
-        if let Some(ctx) = &*ctx_opt {
-            let tx = ctx.driver_event_tx.clone();
-            let rtp_sender_id = ctx.rtp_sender_id;
-            drop(ctx_opt);
-            // overflow: awaited — producer is the application in `write_rtp`. Blocking
-            // the sender is the outbound back-pressure mechanism, not a failure mode.
-            tx.send(PeerConnectionDriverEvent::SenderRtp(rtp_sender_id, packet))
-                .await
-                .map_err(|e| Error::Other(format!("{:?}", e)))
-        } else {
-            Err(Error::Other("track is not binding yet".to_string()))
-        }
+        self.send_to_driver(|id| PeerConnectionDriverEvent::SenderRtp(id, packet))
+            .await
     }
 
     async fn write_rtcp(&self, packets: Vec<Box<dyn rtcp::Packet>>) -> Result<()> {
-        let ctx_opt = self.ctx.lock().await;
-        if let Some(ctx) = &*ctx_opt {
-            let tx = ctx.driver_event_tx.clone();
-            let rtp_sender_id = ctx.rtp_sender_id;
-            drop(ctx_opt);
-            // overflow: awaited — producer is the application in `write_rtcp`.
-            tx.send(PeerConnectionDriverEvent::SenderRtcp(
-                rtp_sender_id,
-                packets,
-            ))
+        self.send_to_driver(|id| PeerConnectionDriverEvent::SenderRtcp(id, packets))
             .await
-            .map_err(|e| Error::Other(format!("{:?}", e)))
-        } else {
-            Err(Error::Other("track is not binding yet".to_string()))
-        }
     }
 
     async fn poll(&self) -> Option<TrackLocalEvent> {
