@@ -83,7 +83,7 @@ fn main() -> Result<(), String> {
     };
     let sub = media.hub.subscribe(SubscribeOptions {
         name: "bench".into(),
-        capacity: 120,
+        budget: streaming_server::hub::QueueBudget { bytes: 64 << 20, frames: 120 },
         start: StartAt::NextIdr,
         dropped_metric: None,
     });

@@ -366,6 +366,12 @@ impl AccessUnit {
         prefix.into_iter().chain(std::iter::once(&self.data[..]))
     }
 
+    /// What this access unit costs in memory while queued or cached: its
+    /// buffer, its NAL bookkeeping and the struct (hub budgets count this).
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() + self.nals.capacity() * std::mem::size_of::<NalUnit>() + std::mem::size_of::<AccessUnit>()
+    }
+
     /// Bytes [`AccessUnit::annexb_chunks`] yields.
     pub fn annexb_len(&self) -> usize {
         self.annexb_chunks().map(<[u8]>::len).sum()
@@ -376,6 +382,7 @@ impl AccessUnit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessError {
     NoNalUnits { frame_number: u64 },
+    TooManyNalUnits { frame_number: u64, count: usize },
     ForbiddenBit { frame_number: u64, nal_type: u8 },
     BadSps { frame_number: u64, error: SpsError },
     IdrWithoutParameterSets { frame_number: u64 },
@@ -386,6 +393,7 @@ impl ProcessError {
     pub fn label(&self) -> &'static str {
         match self {
             ProcessError::NoNalUnits { .. } => "no_nal_units",
+            ProcessError::TooManyNalUnits { .. } => "too_many_nal_units",
             ProcessError::ForbiddenBit { .. } => "forbidden_bit",
             ProcessError::BadSps { .. } => "bad_sps",
             ProcessError::IdrWithoutParameterSets { .. } => "idr_without_sps_pps",
@@ -399,6 +407,9 @@ impl fmt::Display for ProcessError {
             ProcessError::NoNalUnits { frame_number } => {
                 write!(f, "frame {frame_number}: no NAL units (no Annex-B start code)")
             }
+            ProcessError::TooManyNalUnits { frame_number, count } => {
+                write!(f, "frame {frame_number}: {count} NAL units, more than {MAX_NAL_UNITS} in one access unit")
+            }
             ProcessError::ForbiddenBit { frame_number, nal_type } => {
                 write!(f, "frame {frame_number}: NAL unit type {nal_type} has forbidden_zero_bit set")
             }
@@ -411,6 +422,10 @@ impl fmt::Display for ProcessError {
 }
 
 impl std::error::Error for ProcessError {}
+
+/// NAL units one access unit may hold: encoders use a few dozen slices at
+/// most; the bound keeps a frame's bookkeeping small whatever the bytes say.
+pub const MAX_NAL_UNITS: usize = 1024;
 
 /// The stateful part: SPS/PPS cache and sequence numbering.
 #[derive(Debug, Default)]
@@ -446,6 +461,9 @@ impl Processor {
         let ranges = split_annexb(&frame.data);
         if ranges.is_empty() {
             return Err(ProcessError::NoNalUnits { frame_number });
+        }
+        if ranges.len() > MAX_NAL_UNITS {
+            return Err(ProcessError::TooManyNalUnits { frame_number, count: ranges.len() });
         }
         let mut nals = Vec::with_capacity(ranges.len());
         let (mut has_sps, mut has_pps, mut is_idr) = (false, false, false);
@@ -672,6 +690,16 @@ mod tests {
         p.process(raw(&annexb(&[SPS_640X360, new_pps, idr]), 2)).unwrap();
         let ps = p.parameter_sets().unwrap();
         assert_eq!((ps.generation, &ps.pps[..]), (2, new_pps));
+    }
+
+    #[test]
+    fn too_many_nal_units_are_refused() {
+        let mut p = Processor::new();
+        let many: Vec<&[u8]> = vec![&[0x41, 0x9a]; MAX_NAL_UNITS + 1];
+        let err = p.process(raw(&annexb(&many), 4)).unwrap_err();
+        assert_eq!(err.label(), "too_many_nal_units");
+        let fine: Vec<&[u8]> = vec![&[0x41, 0x9a]; MAX_NAL_UNITS];
+        assert!(p.process(raw(&annexb(&fine), 5)).is_ok());
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! ([`Health::tick`]). Out: a status code and JSON body. Nothing here waits
 //! on the media path.
 //!
-//! The verdict: `no_camera` (503) while the segment is not mapped,
-//! `stalled` (503) when no frame came for [`STALL_AFTER`], else `ok` (200).
+//! The verdict: `media_thread_died` (503, with the reason in `error`) once
+//! the media thread is gone (the process then exits for a restart),
+//! `no_camera` (503) while the segment is not mapped, `stalled` (503) when
+//! no frame came for [`STALL_AFTER`], else `ok` (200).
 //! A recording that ended on an error does not make the server unhealthy
 //! (viewers still stream) but shows as `"error"`.
 
@@ -70,7 +72,9 @@ impl Health {
         let camera = &media.camera;
         let attached = camera.attached.load(Ordering::Relaxed);
         let age = camera.last_frame_age();
-        let verdict = if !attached {
+        let verdict = if media.fatal().is_some() {
+            "media_thread_died"
+        } else if !attached {
             "no_camera"
         } else if age.is_none_or(|age| age > STALL_AFTER) {
             "stalled"
@@ -97,6 +101,9 @@ impl Health {
         });
         if let Some(error) = recording.error {
             body["error"] = json!(format!("recording: {error}"));
+        }
+        if let Some(why) = media.fatal() {
+            body["error"] = json!(why);
         }
         (if verdict == "ok" { 200 } else { 503 }, body)
     }

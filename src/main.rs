@@ -125,6 +125,32 @@ fn serve(args: &Args) -> Result<(), String> {
     handle_signals(trigger)?;
     let metrics = Arc::new(Metrics::new());
     let media = Media::new(metrics);
+    // One runtime for viewers and every listener: nothing on it blocks
+    // (recorder syncs and profiles go to its blocking pool).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("runtime")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+
+    // Recorder, viewers and the three listeners (control, metrics, pprof),
+    // bound before any camera is started: a port in use ends the start-up
+    // here, with nothing left behind.
+    let health = Arc::new(Health::new());
+    let recorder_config = RecorderConfig {
+        dir: args.record_path.clone(),
+        segment: recorder::parse_duration(&args.record_segment)?,
+        max_bytes: recorder::parse_size(&args.record_max_bytes)?,
+        min_free: recorder::parse_size(&args.record_min_free)?,
+    };
+    let recorder = Recorder::with_config(recorder_config, media.clone());
+    let mut webrtc_config = WebrtcConfig::new(args.max_clients);
+    webrtc_config.stun = webrtc::parse_stun(&args.stun);
+    webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
+    webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
+    let viewers = Viewers::new(webrtc_config, media.clone(), shutdown.clone(), runtime.handle().clone())?;
+    let listeners = start_listeners(args, &media, &recorder, &viewers, &health, &shutdown, runtime.handle())?;
 
     let mut shm_name = args.shm.clone();
     let mut demo_camera = None;
@@ -143,6 +169,9 @@ fn serve(args: &Args) -> Result<(), String> {
                 })
                 .map_err(|e| e.to_string())?,
         );
+        // The reader attaches at its first try then, without a "waiting for
+        // the camera" line for the normal start.
+        wait_for_segment(&shm_name, Duration::from_secs(2));
     }
 
     let config = ReaderConfig { name: shm_name, layout };
@@ -152,27 +181,16 @@ fn serve(args: &Args) -> Result<(), String> {
     let notifier = systemd::Notifier::from_env();
     let watchdog = systemd::spawn_watchdog(&notifier, &media, &config, shutdown.clone()).map_err(|e| e.to_string())?;
 
-    // Recorder, viewers and the three listeners (control, metrics, pprof).
-    let health = Arc::new(Health::new());
-    let recorder_config = RecorderConfig {
-        dir: args.record_path.clone(),
-        segment: recorder::parse_duration(&args.record_segment)?,
-        max_bytes: recorder::parse_size(&args.record_max_bytes)?,
-        min_free: recorder::parse_size(&args.record_min_free)?,
-    };
-    let recorder = Recorder::with_config(recorder_config, media.clone());
-    let mut webrtc_config = WebrtcConfig::new(args.max_clients);
-    webrtc_config.stun = webrtc::parse_stun(&args.stun);
-    webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
-    webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
-    let viewers = Viewers::new(webrtc_config, media.clone(), shutdown.clone())?;
-    let listeners = start_listeners(args, &media, &recorder, &viewers, &health, &shutdown)?;
-
     // Keep READY after every listener is bound: systemd starts dependants then.
     notifier.ready(&format!("serving camera segment {}", config.name));
     let mut last_read = 0;
     let mut seconds = 0u64;
+    let mut fatal = None;
     while !shutdown.wait_timeout(Duration::from_secs(1)) {
+        if let Some(why) = media.fatal() {
+            fatal = Some(why.to_string());
+            break;
+        }
         let read = media.camera.frames_read.load(Ordering::Relaxed);
         health.tick(read);
         seconds += 1;
@@ -193,15 +211,28 @@ fn serve(args: &Args) -> Result<(), String> {
     }
 
     notifier.stopping();
-    // Order: stop taking requests (in-flight ones get a short grace), close
-    // viewers, finish and sync the recording, then stop reading shm, then
-    // the demo camera that feeds it.
+    let started = std::time::Instant::now();
+    // Order: the recording is finished first and in parallel (its disk may
+    // be slow: bounded by recorder::SHUTDOWN_STOP_TIMEOUT); meanwhile stop
+    // taking requests (in-flight ones get a short grace) and close viewers;
+    // then stop reading shm, then the demo camera that feeds it.
+    let closing = {
+        let recorder = recorder.clone();
+        std::thread::Builder::new().name("recorder-stop".into()).spawn(move || recorder.shutdown())
+    };
     let grace = std::time::Instant::now() + Duration::from_millis(300);
     for listener in listeners {
         listener.stop(grace.saturating_duration_since(std::time::Instant::now()));
     }
-    viewers.close_all();
-    recorder.shutdown();
+    if !viewers.close_all(Duration::from_millis(500)) {
+        log::warn!("{} viewer tasks still closing at shutdown", viewers.live_tasks());
+    }
+    match closing {
+        Ok(thread) => {
+            let _ = thread.join();
+        }
+        Err(_) => recorder.shutdown(),
+    }
     let _ = media_thread.join();
     if let Some(watchdog) = watchdog {
         let _ = watchdog.join();
@@ -209,12 +240,26 @@ fn serve(args: &Args) -> Result<(), String> {
     if let Some(camera) = demo_camera {
         let _ = camera.join();
     }
-    log::info!("stopped");
-    Ok(())
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    log::info!("stopped in {} ms", started.elapsed().as_millis());
+    match fatal {
+        Some(why) => Err(format!("{why}; exiting so that the service manager restarts the server")),
+        None => Ok(()),
+    }
+}
+
+/// Waits until the shared-memory segment `name` exists (the demo camera
+/// creates it right after start).
+fn wait_for_segment(name: &str, timeout: Duration) {
+    let path = std::path::Path::new("/dev/shm").join(name.trim_start_matches('/'));
+    let deadline = std::time::Instant::now() + timeout;
+    while !path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Binds `-http`, `-metrics` and `-pprof` (an empty address turns the last
-/// two off) and registers the process metrics.
+/// two off) and registers the process metrics. A bind error names the flag.
 fn start_listeners(
     args: &Args,
     media: &Media,
@@ -222,30 +267,41 @@ fn start_listeners(
     viewers: &Viewers,
     health: &Arc<Health>,
     shutdown: &shutdown::Shutdown,
-) -> Result<Vec<control::Listener>, String> {
+    runtime: &tokio::runtime::Handle,
+) -> Result<Vec<streaming_server::http::Listener>, String> {
     let auth_token = args.auth_token_file.as_deref().map(control::load_token).transpose()?;
     let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
-    let config = control::ControlConfig {
-        cors_origins: control::parse_origins(&args.cors_origin),
-        auth_token,
-        limits: control::Limits { workers: control::CONTROL_WORKERS, timeout, ..control::Limits::default() },
-    };
+    let limits = streaming_server::http::Limits::with_timeout(timeout, control::MAX_CONNECTIONS);
+    let config = control::ControlConfig { cors_origins: control::parse_origins(&args.cors_origin), auth_token, limits };
     let mut listeners = Vec::new();
     let http = cli::parse_listen(&args.http)?.ok_or("-http must not be empty")?;
     let control = control::Control::new(media.clone(), recorder.clone(), viewers.clone(), health.clone(), config);
-    listeners.push(control.serve(http, shutdown.clone())?);
+    listeners.push(control.serve(http, runtime).map_err(|e| bind_error("http", &args.http, &e))?);
     if let Some(addr) = cli::parse_listen(&args.metrics)? {
         // CPU, RSS, fds and threads of this process, read from /proc at scrape time.
         let process = prometheus::process_collector::ProcessCollector::for_self();
         if let Err(e) = media.metrics.registry.register(Box::new(process)) {
             log::warn!("process metrics: {e}");
         }
-        listeners.push(control::serve_metrics(addr, media.metrics.clone(), shutdown.clone())?);
+        let listener = control::serve_metrics(addr, media.metrics.clone(), limits, runtime)
+            .map_err(|e| bind_error("metrics", &args.metrics, &e))?;
+        listeners.push(listener);
     }
     if let Some(addr) = cli::parse_listen(&args.pprof)? {
-        listeners.push(profiling::serve(addr, shutdown.clone())?);
+        let listener = profiling::serve(addr, limits, runtime, shutdown.clone())
+            .map_err(|e| bind_error("pprof", &args.pprof, &e))?;
+        listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// `-http :8081 is in use; pass -http :PORT` and the like.
+fn bind_error(flag: &str, value: &str, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        format!("-{flag} {value} is in use (another server running?); pass -{flag} :PORT with a free port")
+    } else {
+        format!("-{flag} {value}: cannot listen: {error}")
+    }
 }
 
 /// Hands the heap's free pages back to the kernel. glibc keeps what a burst

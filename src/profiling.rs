@@ -7,8 +7,8 @@
 //! [`FREQUENCY`] Hz by the `pprof` crate's SIGPROF handler.
 //!
 //! Cost: nothing while nobody profiles. The signal handler and timer exist
-//! only while a profile runs; the listener's two idle workers sleep in a
-//! queue wait. One profile at a time: a second request gets 409 with
+//! only while a profile runs (on tokio's blocking pool); the listener is an
+//! idle accept task. One profile at a time: a second request gets 409 with
 //! `Retry-After`. A profile in progress ends early at shutdown.
 //!
 //! 32-bit ARM: pprof 0.15 arms its timer through its own `itimerval` with
@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiny_http::{Method, Request};
-
-use crate::control::http::{self, Limits, Listener, Reply};
+use crate::http::{self, BoxFuture, Head, Limits, Listener, Method, Reply, Request, Service};
 use crate::shutdown::Shutdown;
 
 /// Samples per second (Go's default).
@@ -60,52 +58,81 @@ impl Drop for Busy {
 }
 
 /// Starts the `-pprof` listener.
-pub fn serve(addr: SocketAddr, shutdown: Shutdown) -> Result<Listener, String> {
-    let busy = Arc::new(AtomicBool::new(false));
-    // Two workers: one profiling, one to answer the index and 409s meanwhile.
-    // The socket timeouts bound idle and stalled clients only: a response
-    // still goes out after the connection's reader has timed out.
-    let limits = Limits { workers: 2, max_connections: 16, body_limit: 0, ..Limits::default() };
-    let stop = shutdown.clone();
-    http::start("pprof", addr, limits, shutdown, move |request| handle(request, &busy, &stop))
+pub fn serve(
+    addr: SocketAddr,
+    limits: Limits,
+    runtime: &tokio::runtime::Handle,
+    shutdown: Shutdown,
+) -> std::io::Result<Listener> {
+    let service = Profiler { busy: Arc::new(AtomicBool::new(false)), shutdown };
+    let limits = Limits { max_connections: 16, ..limits };
+    http::start("pprof", addr, limits, runtime, Arc::new(service))
 }
 
-fn handle(request: &mut Request, busy: &Arc<AtomicBool>, shutdown: &Shutdown) -> Reply {
-    let (path, query) = http::split_url(request.url());
-    let output = match path {
-        "/debug/pprof/" | "/debug/pprof" => None,
-        "/debug/pprof/profile" => Some(Output::Pprof),
-        "/debug/pprof/flamegraph" => Some(Output::Flamegraph),
-        _ => return Reply::not_found(),
-    };
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        return Reply::method_not_allowed("GET, HEAD");
+struct Profiler {
+    busy: Arc<AtomicBool>,
+    shutdown: Shutdown,
+}
+
+/// The profile a path asks for; `None` for the index.
+fn output_for(path: &str) -> Result<Option<Output>, Reply> {
+    match path {
+        "/debug/pprof/" | "/debug/pprof" => Ok(None),
+        "/debug/pprof/profile" => Ok(Some(Output::Pprof)),
+        "/debug/pprof/flamegraph" => Ok(Some(Output::Flamegraph)),
+        _ => Err(Reply::not_found()),
     }
-    let Some(output) = output else {
-        return Reply::new(200, "text/html; charset=utf-8", INDEX);
-    };
-    let seconds = match http::query_param(query, "seconds") {
-        None => DEFAULT_SECONDS,
-        Some(text) => match text.parse::<u64>() {
-            Ok(n) if (1..=MAX_SECONDS).contains(&n) => n,
-            _ => return Reply::error(400, format!("seconds must be a whole number from 1 to {MAX_SECONDS}")),
-        },
-    };
-    if busy.swap(true, Ordering::SeqCst) {
-        return Reply::error(409, "a profile is already running").header("Retry-After", "5");
+}
+
+impl Service for Profiler {
+    fn admit(&self, head: &Head) -> Result<usize, Reply> {
+        output_for(&head.path)?;
+        if !matches!(head.method, Method::Get | Method::Head) {
+            return Err(Reply::method_not_allowed("GET, HEAD"));
+        }
+        Ok(0)
     }
-    let _busy = Busy(busy.clone());
-    match profile(Duration::from_secs(seconds), output, shutdown) {
-        Ok((content_type, body)) => {
-            let name = if output == Output::Pprof { "profile.pb.gz" } else { "flamegraph.svg" };
-            Reply::new(200, content_type, body)
-                .header("Content-Disposition", format!("inline; filename=\"{name}\""))
-                .header("Cache-Control", "no-store")
-        }
-        Err(error) => {
-            log::error!("profiling: {error}");
-            Reply::error(500, error)
-        }
+
+    fn call(&self, request: Request) -> BoxFuture<'_, Reply> {
+        Box::pin(async move {
+            let output = match output_for(&request.head.path) {
+                Ok(Some(output)) => output,
+                Ok(None) => return Reply::new(200, "text/html; charset=utf-8", INDEX),
+                Err(reply) => return reply,
+            };
+            let seconds = match request.head.query_param("seconds") {
+                None => DEFAULT_SECONDS,
+                Some(text) => match text.parse::<u64>() {
+                    Ok(n) if (1..=MAX_SECONDS).contains(&n) => n,
+                    _ => return Reply::error(400, format!("seconds must be a whole number from 1 to {MAX_SECONDS}")),
+                },
+            };
+            if self.busy.swap(true, Ordering::SeqCst) {
+                return Reply::error(409, "a profile is already running").header("Retry-After", "5");
+            }
+            let busy = Busy(self.busy.clone());
+            let shutdown = self.shutdown.clone();
+            // The profile sleeps for its length and builds the report: off
+            // the runtime's workers.
+            let result = tokio::task::spawn_blocking(move || {
+                let _busy = busy;
+                profile(Duration::from_secs(seconds), output, &shutdown)
+            })
+            .await
+            .unwrap_or_else(|_| Err("the profiler panicked".to_string()));
+            match result {
+                Ok((content_type, body)) => {
+                    let name = if output == Output::Pprof { "profile.pb.gz" } else { "flamegraph.svg" };
+                    Reply::new(200, content_type, body)
+                        .header("Content-Disposition", format!("inline; filename=\"{name}\""))
+                        .header("Cache-Control", "no-store")
+                }
+                Err(error) => {
+                    log::error!("profiling: {error}");
+                    Reply::error(500, error)
+                }
+            }
+        })
     }
 }
 

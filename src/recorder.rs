@@ -48,20 +48,23 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::Serialize;
 
 use crate::h264::AccessUnit;
-use crate::hub::{StartAt, SubscribeOptions, Subscription, GOP_CACHE_MAX_FRAMES};
+use crate::hub::{QueueBudget, Queued, StartAt, SubscribeOptions, Subscription};
 use crate::pipeline::Media;
 
 /// Data reaches the disk at least this often while recording.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// Frames the writer's queue holds: a whole cached GOP fits, so the
-/// pre-roll is never cut short by the queue.
-pub const QUEUE_FRAMES: usize = GOP_CACHE_MAX_FRAMES;
-/// `/stop` waits this long for the final syncs before answering 500 (a
-/// hung card must not hold a control-plane worker forever).
+/// Live frames the writer may have queued while the disk is slow: about
+/// 10 s at 1080p 6 Mbit/s (SD cards stall for seconds). The pre-roll from
+/// the GOP cache is not charged (see `hub`), so it is never cut short.
+pub const QUEUE: QueueBudget = QueueBudget { bytes: 8 << 20, frames: 600 };
+/// `/stop` waits this long for the final syncs before answering 500; the
+/// recording then shows `"stopping": true` and a `/start` gets 409 until
+/// the disk answers.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Shutdown waits this long for them: the process must exit promptly, and
-/// what was written before the last `fdatasync` is on disk anyway.
-pub const SHUTDOWN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shutdown waits this long for them: the process must exit within
+/// systemd's stop timeout even with a stalled disk, and what was written
+/// before the last `fdatasync` is on disk anyway.
+pub const SHUTDOWN_STOP_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A segment may be cut this much before its nominal length (see `write`).
 const SEGMENT_SLACK: Duration = Duration::from_millis(100);
 /// How often retention is checked while recording (also at every start and
@@ -87,6 +90,10 @@ pub struct RecordingStatus {
     /// Files this recording has used so far (more than 1 only with segments);
     /// `filename` is the newest, the counts above cover all of them.
     pub segments: u64,
+    /// True from `/stop` until the file is synced and closed (a slow disk
+    /// can make that take seconds; `/start` meanwhile gets 409).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
     /// Why the last recording ended early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -99,6 +106,9 @@ pub enum RecorderError {
     AlreadyRecording,
     /// 409: `/stop` while idle.
     NotRecording,
+    /// 409: `/start` or `/stop` while the last recording is still being
+    /// synced and closed.
+    Stopping,
     /// 503: the server is shutting down.
     ShuttingDown,
     /// 500: the directory or file could not be created or synced.
@@ -110,6 +120,9 @@ impl std::fmt::Display for RecorderError {
         match self {
             RecorderError::AlreadyRecording => write!(f, "already recording"),
             RecorderError::NotRecording => write!(f, "not recording"),
+            RecorderError::Stopping => {
+                write!(f, "the last recording is still being written to disk (slow or stalled disk); try again later")
+            }
             RecorderError::ShuttingDown => write!(f, "shutting down"),
             RecorderError::Io(why) => write!(f, "{why}"),
         }
@@ -211,10 +224,34 @@ impl RecorderMetrics {
     }
 }
 
+/// One recording's status, owned by that recording: only its writer
+/// thread updates it, so a writer that outlives its `/stop` can never touch
+/// the next recording's figures.
+#[derive(Debug, Default)]
+struct Recording {
+    id: u64,
+    state: Mutex<StatusState>,
+}
+
 #[derive(Debug, Default)]
 struct StatusState {
     status: RecordingStatus,
     started: Option<Instant>,
+}
+
+impl Recording {
+    fn status(&self) -> RecordingStatus {
+        let state = lock(&self.state);
+        let mut status = state.status.clone();
+        if let (true, Some(started)) = (status.recording, state.started) {
+            status.duration_ms = started.elapsed().as_millis() as u64;
+        }
+        status
+    }
+
+    fn update(&self, f: impl FnOnce(&mut StatusState)) {
+        f(&mut lock(&self.state));
+    }
 }
 
 #[derive(Debug)]
@@ -223,10 +260,24 @@ enum Command {
     Stop(flume::Sender<Result<(), String>>),
 }
 
+/// A writer thread and how to reach it.
 #[derive(Debug)]
-struct Active {
+struct Writing {
+    recording: Arc<Recording>,
     commands: flume::Sender<Command>,
     thread: JoinHandle<()>,
+}
+
+/// Where the recorder is: the states `/start` and `/stop` move between.
+#[derive(Debug, Default)]
+enum Phase {
+    #[default]
+    Idle,
+    Recording(Writing),
+    /// `/stop` was asked for; the writer is syncing and closing.
+    Stopping {
+        writing: Writing,
+    },
 }
 
 #[derive(Debug)]
@@ -235,12 +286,23 @@ struct Inner {
     config: RecorderConfig,
     media: Media,
     metrics: RecorderMetrics,
-    /// Serialises start and stop; held across the stop's syncs, never by the
-    /// writer thread.
-    control: Mutex<Option<Active>>,
-    /// What `/status` reads; held only for copies and counter updates.
-    status: Mutex<StatusState>,
+    /// Serialises start and stop. Held while a file is created, never while
+    /// waiting for a writer's syncs, never by the writer thread.
+    phase: Mutex<Phase>,
+    /// The newest recording, what `/status` reads; held only for a clone.
+    current: Mutex<Arc<Recording>>,
+    next_id: std::sync::atomic::AtomicU64,
     shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    fn current(&self) -> Arc<Recording> {
+        lock(&self.current).clone()
+    }
+
+    fn is_current(&self, recording: &Recording) -> bool {
+        lock(&self.current).id == recording.id
+    }
 }
 
 /// The raw H.264 recorder; cheap to clone.
@@ -270,8 +332,9 @@ impl Recorder {
                 config,
                 media,
                 metrics,
-                control: Mutex::new(None),
-                status: Mutex::new(StatusState::default()),
+                phase: Mutex::new(Phase::Idle),
+                current: Mutex::new(Arc::new(Recording::default())),
+                next_id: std::sync::atomic::AtomicU64::new(1),
                 shutting_down: Default::default(),
             }),
         }
@@ -282,30 +345,35 @@ impl Recorder {
         &self.inner.dir
     }
 
-    /// A snapshot of the status; never waits for I/O.
+    /// A snapshot of the newest recording's status; never waits for I/O.
     pub fn status(&self) -> RecordingStatus {
-        let state = lock(&self.inner.status);
-        let mut status = state.status.clone();
-        if let (true, Some(started)) = (status.recording, state.started) {
-            status.duration_ms = started.elapsed().as_millis() as u64;
-        }
-        status
+        self.inner.current().status()
     }
 
     /// Starts a recording; the status of the new recording.
     pub fn start(&self) -> Result<RecordingStatus, RecorderError> {
         let inner = &self.inner;
-        let mut control = lock(&inner.control);
+        let mut phase = lock(&inner.phase);
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(RecorderError::ShuttingDown);
         }
-        if let Some(active) = control.take() {
-            if !active.thread.is_finished() {
-                *control = Some(active);
+        match std::mem::take(&mut *phase) {
+            Phase::Idle => {}
+            Phase::Recording(writing) if writing.thread.is_finished() => {
+                // The last recording ended on an error; its thread is done.
+                let _ = writing.thread.join();
+            }
+            Phase::Stopping { writing, .. } if writing.thread.is_finished() => {
+                let _ = writing.thread.join();
+            }
+            Phase::Recording(writing) => {
+                *phase = Phase::Recording(writing);
                 return Err(RecorderError::AlreadyRecording);
             }
-            // The last recording ended on an error; its thread is done.
-            let _ = active.thread.join();
+            stopping @ Phase::Stopping { .. } => {
+                *phase = stopping;
+                return Err(RecorderError::Stopping);
+            }
         }
         std::fs::create_dir_all(&inner.dir)
             .map_err(|e| RecorderError::Io(format!("cannot create {}: {e}", inner.dir.display())))?;
@@ -316,25 +384,28 @@ impl Recorder {
         sync_dir(&inner.dir).map_err(|e| RecorderError::Io(format!("fsync {}: {e}", inner.dir.display())))?;
         let subscription = inner.media.hub.subscribe(SubscribeOptions {
             name: "recorder".into(),
-            capacity: QUEUE_FRAMES,
+            budget: QUEUE,
             start: StartAt::GopCache,
             dropped_metric: Some(inner.metrics.dropped.clone()),
         });
-        {
-            let mut state = lock(&inner.status);
-            state.status = RecordingStatus {
-                recording: true,
-                filename: name.clone(),
-                start_time: rfc3339_local(wall),
-                segments: 1,
-                ..RecordingStatus::default()
-            };
-            state.started = Some(Instant::now());
-        }
+        let recording = Arc::new(Recording {
+            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::new(StatusState {
+                status: RecordingStatus {
+                    recording: true,
+                    filename: name.clone(),
+                    start_time: rfc3339_local(wall),
+                    segments: 1,
+                    ..RecordingStatus::default()
+                },
+                started: Some(Instant::now()),
+            }),
+        });
         let (commands, command_rx) = flume::bounded(1);
         let writer_path = inner.dir.join(&name);
         let mut writer = Writer {
             inner: inner.clone(),
+            recording: recording.clone(),
             file,
             path: writer_path.clone(),
             subscription,
@@ -354,69 +425,132 @@ impl Recorder {
             Ok(thread) => thread,
             Err(e) => {
                 let why = format!("cannot start the recorder thread: {e}");
-                let mut state = lock(&inner.status);
-                state.status.recording = false;
-                state.status.error = Some(why.clone());
+                recording.update(|state| {
+                    state.status.recording = false;
+                    state.status.error = Some(why.clone());
+                });
+                *lock(&inner.current) = recording;
                 return Err(RecorderError::Io(why));
             }
         };
-        *control = Some(Active { commands, thread });
+        *lock(&inner.current) = recording.clone();
+        *phase = Phase::Recording(Writing { recording: recording.clone(), commands, thread });
         inner.metrics.recordings.inc();
         inner.media.metrics.recording_active.set(1);
         inner.media.metrics.recording_bytes.set(0);
         inner.media.metrics.recording_frames.set(0);
         log::info!("recording: started {}", writer_path.display());
-        drop(control);
-        Ok(self.status())
+        drop(phase);
+        Ok(recording.status())
     }
 
-    /// Stops the recording; returns once the file is synced and closed.
+    /// Stops the recording; returns once the file is synced and closed (or
+    /// after [`STOP_TIMEOUT`], with the recording left "stopping").
     pub fn stop(&self) -> Result<RecordingStatus, RecorderError> {
         self.stop_within(STOP_TIMEOUT)
     }
 
-    /// [`Recorder::stop`], giving up waiting after `limit` (the writer
-    /// thread then finishes on its own and updates the status).
+    /// [`Recorder::stop`], giving up waiting after `limit`.
     fn stop_within(&self, limit: Duration) -> Result<RecordingStatus, RecorderError> {
-        let mut control = lock(&self.inner.control);
-        let Some(active) = control.take() else {
-            return Err(RecorderError::NotRecording);
-        };
-        let (reply, reply_rx) = flume::bounded(1);
-        let result = match active.commands.send(Command::Stop(reply)) {
-            // The writer ended by itself (a write error, already reported).
-            Err(_) => Err(RecorderError::NotRecording),
-            Ok(()) => match reply_rx.recv_timeout(limit) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(why)) => Err(RecorderError::Io(why)),
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    let why = format!("the file was not synced within {} s; still trying", limit.as_secs());
-                    log::error!("recording: {why}");
-                    // Detach: the thread ends by itself when the disk answers.
-                    return Err(RecorderError::Io(why));
+        let (recording, reply) = {
+            let mut phase = lock(&self.inner.phase);
+            match std::mem::take(&mut *phase) {
+                Phase::Idle => return Err(RecorderError::NotRecording),
+                stopping @ Phase::Stopping { .. } => {
+                    *phase = stopping;
+                    return Err(RecorderError::Stopping);
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => Err(RecorderError::Io("the recorder thread died".into())),
-            },
+                Phase::Recording(writing) => {
+                    let (reply_tx, reply) = flume::bounded(1);
+                    if writing.commands.send(Command::Stop(reply_tx)).is_err() {
+                        // The writer ended by itself (a write error, already reported).
+                        let _ = writing.thread.join();
+                        return Err(RecorderError::NotRecording);
+                    }
+                    writing.recording.update(|state| state.status.stopping = true);
+                    let recording = writing.recording.clone();
+                    *phase = Phase::Stopping { writing };
+                    (recording, reply)
+                }
+            }
         };
-        let _ = active.thread.join();
-        drop(control);
-        result.map(|()| self.status())
+        // Waited for without the lock: `/status` and `/start` (409) answer meanwhile.
+        let result = match reply.recv_timeout(limit) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(RecorderError::Io(why)),
+            Err(flume::RecvTimeoutError::Timeout) => {
+                let why = format!(
+                    "{}: not synced within {:.1} s (the disk is slow or stalled); still stopping",
+                    recording.status().filename,
+                    limit.as_secs_f64()
+                );
+                log::error!("recording: {why}");
+                return Err(RecorderError::Io(why));
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => Err(RecorderError::Io("the recorder thread died".into())),
+        };
+        let mut phase = lock(&self.inner.phase);
+        if let Phase::Stopping { writing, .. } = std::mem::take(&mut *phase) {
+            if writing.recording.id == recording.id {
+                let _ = writing.thread.join();
+            } else {
+                *phase = Phase::Stopping { writing };
+            }
+        }
+        drop(phase);
+        result.map(|()| recording.status())
     }
 
-    /// Ends any recording for shutdown and refuses new ones.
+    /// Ends any recording for shutdown and refuses new ones; returns within
+    /// about [`SHUTDOWN_STOP_TIMEOUT`] whatever the disk does.
     pub fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + SHUTDOWN_STOP_TIMEOUT;
         match self.stop_within(SHUTDOWN_STOP_TIMEOUT) {
             Ok(status) => log::info!("recording: {} closed at shutdown", status.filename),
             Err(RecorderError::NotRecording) => {}
-            Err(error) => log::error!("recording: at shutdown: {error}"),
+            Err(RecorderError::Stopping) => {
+                // An earlier /stop is still waiting for the disk: give it the rest.
+                let writing = match std::mem::take(&mut *lock(&self.inner.phase)) {
+                    Phase::Stopping { writing, .. } => Some(writing),
+                    _ => None,
+                };
+                if let Some(writing) = writing {
+                    while !writing.thread.is_finished() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    if writing.thread.is_finished() {
+                        log::info!("recording: {} closed at shutdown", writing.recording.status().filename);
+                    } else {
+                        log_abandoned(&writing.recording);
+                    }
+                }
+            }
+            Err(error) => {
+                log::error!("recording: at shutdown: {error}");
+                log_abandoned(&self.inner.current());
+            }
         }
     }
+}
+
+/// Shutdown could not wait for the disk any longer.
+fn log_abandoned(recording: &Recording) {
+    let status = recording.status();
+    log::error!(
+        "recording: {} not closed within {:.1} s at shutdown (the disk is stalled): exiting anyway; the file \
+         keeps what was written ({} bytes handed to the kernel, which still writes them out)",
+        status.filename,
+        SHUTDOWN_STOP_TIMEOUT.as_secs_f64(),
+        status.bytes_written
+    );
 }
 
 /// The writer thread's state: owns the file and the subscription.
 struct Writer {
     inner: Arc<Inner>,
+    /// This recording's status, which only this writer updates.
+    recording: Arc<Recording>,
     file: File,
     path: PathBuf,
     name: String,
@@ -437,7 +571,7 @@ struct Writer {
 }
 
 enum Event {
-    Frame(Arc<AccessUnit>),
+    Frame(Queued),
     Stop(flume::Sender<Result<(), String>>),
     /// The hub or the control side went away.
     Gone,
@@ -527,11 +661,11 @@ impl Writer {
         self.segments += 1;
         self.dirty = false;
         self.last_sync = Instant::now();
-        {
-            let mut state = lock(&self.inner.status);
+        let segments = self.segments;
+        self.recording.update(|state| {
             state.status.filename = name;
-            state.status.segments = self.segments;
-        }
+            state.status.segments = segments;
+        });
         self.enforce_retention();
         Ok(())
     }
@@ -568,11 +702,16 @@ impl Writer {
     /// Copies the counters to the status and the metrics.
     fn publish(&self) {
         let dropped = self.subscription.stats.dropped.load(Ordering::Relaxed);
-        {
-            let mut state = lock(&self.inner.status);
-            state.status.frame_count = self.frames;
-            state.status.bytes_written = self.bytes;
+        let (frames, bytes) = (self.frames, self.bytes);
+        self.recording.update(|state| {
+            state.status.frame_count = frames;
+            state.status.bytes_written = bytes;
             state.status.frames_dropped = dropped;
+        });
+        if !self.inner.is_current(&self.recording) {
+            // A writer that outlived its /stop: the gauges belong to the
+            // newer recording now.
+            return;
         }
         let metrics = &self.inner.media.metrics;
         metrics.recording_bytes.set(self.bytes as i64);
@@ -629,13 +768,16 @@ impl Writer {
 
     fn end(&mut self, error: Option<String>) {
         self.publish();
-        {
-            let mut state = lock(&self.inner.status);
+        self.recording.update(|state| {
             state.status.recording = false;
+            state.status.stopping = false;
             state.status.error = error;
             if let Some(started) = state.started.take() {
                 state.status.duration_ms = started.elapsed().as_millis() as u64;
             }
+        });
+        if !self.inner.is_current(&self.recording) {
+            return;
         }
         let metrics = &self.inner.media.metrics;
         metrics.recording_active.set(0);

@@ -267,7 +267,7 @@ fn a_hub_consumer_starts_at_an_idr_and_gets_consecutive_access_units() {
     let thread = pipeline::spawn(config, media.clone(), shutdown).unwrap();
     let sub = media.hub.subscribe(SubscribeOptions {
         name: "test".into(),
-        capacity: 300,
+        budget: streaming_server::hub::QueueBudget { bytes: 64 << 20, frames: 300 },
         start: StartAt::NextIdr,
         dropped_metric: None,
     });

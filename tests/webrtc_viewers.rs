@@ -8,8 +8,8 @@ mod webrtc_common;
 
 use std::time::{Duration, Instant};
 
-use streaming_server::webrtc::{OfferError, Viewers};
-use webrtc_common::{clip_nals, find_in_loop, Client, Rig, CHROME_H264};
+use streaming_server::webrtc::OfferError;
+use webrtc_common::{clip_nals, exclusive, find_in_loop, Client, Rig, CHROME_H264};
 
 async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -155,7 +155,8 @@ async fn a_departed_viewer_frees_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_disconnect_churn_leaks_nothing() {
     let cycles: usize = std::env::var("WEBRTC_CHURN_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    let rig = Rig::start("rtc_churn", 64);
+    let _alone = exclusive();
+    let rig = Rig::start_alone("rtc_churn", 64);
     let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
     let rss_kib = || {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -168,7 +169,7 @@ async fn connect_disconnect_churn_leaks_nothing() {
     rig.viewers.close(&id);
     client.close().await;
     drop(client);
-    assert!(wait_until(Duration::from_secs(5), || Viewers::live_tasks() == 0).await);
+    assert!(wait_until(Duration::from_secs(5), || rig.viewers.live_tasks() == 0).await);
     let (fds_before, rss_before, threads_before) = (fds(), rss_kib(), threads());
     let started = Instant::now();
     for cycle in 0..cycles {
@@ -181,7 +182,7 @@ async fn connect_disconnect_churn_leaks_nothing() {
         }
         client.close().await;
     }
-    assert!(wait_until(Duration::from_secs(15), || rig.viewers.count() == 0 && Viewers::live_tasks() == 0).await);
+    assert!(wait_until(Duration::from_secs(15), || rig.viewers.count() == 0 && rig.viewers.live_tasks() == 0).await);
     assert!(
         wait_until(Duration::from_secs(5), || rig.media.hub.consumer_count() == 0).await,
         "hub subscriptions leaked"

@@ -6,19 +6,18 @@
 //! (CORS), scripts and Prometheus. Out: JSON answers (every error is
 //! `{"success":false,"error":"..."}` with `Content-Type:
 //! application/json`), commands to the [`Recorder`] and [`Viewers`].
-//! Threads: the workers of [`http::Listener`]; nothing here runs on, waits
-//! for or locks the media path: it reads [`CameraStatus`](crate::shm::CameraStatus)
-//! atomics, hub snapshots and recorder status copies.
+//! Tasks: connection tasks of [`crate::http`] on the process's runtime;
+//! recorder start and stop (file creation, fsync) run on tokio's blocking
+//! pool. Nothing here runs on, waits for or locks the media path: it reads
+//! [`CameraStatus`](crate::shm::CameraStatus) atomics, hub snapshots and
+//! recorder status copies.
 //!
 //! Bad input: unknown paths are 404 before anything else is looked at (no
-//! path ever reaches the filesystem), wrong methods 405 with `Allow`, bodies
-//! over [`http::Limits::body_limit`] 413, malformed JSON or SDP 400. A
-//! client cannot tie up the server: header and body deadlines, a connection
-//! cap, a bounded worker pool, and at most [`MAX_OFFERS_IN_FLIGHT`]
-//! negotiations at once, so `/status` and `/health` answer while offers
-//! negotiate.
-
-pub mod http;
+//! path ever reaches the filesystem), wrong methods 405 with `Allow`, a
+//! missing token 401, all decided from the head before any body byte is
+//! read; bodies over [`BODY_LIMIT`] 413, malformed JSON or SDP 400. A
+//! client cannot tie up the server (see [`crate::http`]), and at most
+//! [`MAX_OFFERS_IN_FLIGHT`] negotiations run at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,22 +25,21 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
-use tiny_http::{Method, Request};
 
 use crate::health::Health;
+use crate::http::{self, BoxFuture, Head, Listener, Method, Reply, Request, Service};
 use crate::metrics::Metrics;
 use crate::pipeline::Media;
 use crate::recorder::{Recorder, RecorderError};
-use crate::shutdown::Shutdown;
 use crate::webrtc::{self, OfferError, Viewers};
 
-pub use http::{Limits, Listener, Reply};
-
-/// Offers negotiated at once; more get 503 with `Retry-After`, so workers
-/// stay free for other requests.
+/// Offers negotiated at once; more get 503 with `Retry-After`.
 pub const MAX_OFFERS_IN_FLIGHT: usize = 4;
-/// Worker threads of the control plane: the offers plus room for the rest.
-pub const CONTROL_WORKERS: usize = MAX_OFFERS_IN_FLIGHT + 4;
+/// Largest request body (an SDP offer is a few KiB).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Connections the control plane keeps open at once; at the cap the
+/// longest-idle one is closed (see [`crate::http`]).
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// How the control plane treats clients.
 #[derive(Clone, Debug)]
@@ -50,7 +48,7 @@ pub struct ControlConfig {
     pub cors_origins: Vec<String>,
     /// Bearer token for the state-changing routes; `None` leaves them open.
     pub auth_token: Option<String>,
-    pub limits: Limits,
+    pub limits: http::Limits,
 }
 
 /// Reads `-auth-token-file`: the token is the file's first line, trimmed.
@@ -165,27 +163,14 @@ impl Control {
         Control { media, recorder, viewers, health, config: Arc::new(config), offers_in_flight: Default::default() }
     }
 
-    /// Starts the `-http` listener.
-    pub fn serve(self, addr: SocketAddr, shutdown: Shutdown) -> Result<Listener, String> {
+    /// Starts the `-http` listener on `runtime`.
+    pub fn serve(self, addr: SocketAddr, runtime: &tokio::runtime::Handle) -> std::io::Result<Listener> {
         let limits = self.config.limits;
-        http::start("http", addr, limits, shutdown, move |request| self.handle(request))
+        http::start("http", addr, limits, runtime, Arc::new(self))
     }
 
-    /// Answers one request (public for tests that skip the socket).
-    pub fn handle(&self, request: &mut Request) -> Reply {
-        let origin = http::header(request, "Origin").map(str::to_string);
-        let allowed_origin = origin.as_deref().and_then(|o| self.allowed_origin(o));
-        let reply = self.route(request, origin.is_some(), allowed_origin.as_deref());
-        match allowed_origin {
-            Some(allowed) => reply
-                .header("Access-Control-Allow-Origin", allowed)
-                .header("Access-Control-Expose-Headers", "Location")
-                .header("Vary", "Origin"),
-            None => reply,
-        }
-    }
-
-    fn allowed_origin(&self, origin: &str) -> Option<String> {
+    fn allowed_origin(&self, head: &Head) -> Option<String> {
+        let origin = head.header("Origin")?;
         let origins = &self.config.cors_origins;
         if origins.iter().any(|o| o == "*") {
             Some("*".into())
@@ -194,39 +179,49 @@ impl Control {
         }
     }
 
-    fn route(&self, request: &mut Request, has_origin: bool, allowed_origin: Option<&str>) -> Reply {
-        let (path, _query) = http::split_url(request.url());
-        let Some(route) = Route::parse(path) else {
-            return Reply::not_found();
-        };
-        let method = request.method().clone();
-        if method == Method::Options {
-            return preflight(&route, has_origin, allowed_origin);
+    /// CORS headers on every answer to an allowed origin, errors included
+    /// (so a page can read why it was refused).
+    fn with_cors(&self, head: &Head, reply: Reply) -> Reply {
+        match self.allowed_origin(head) {
+            Some(allowed) => reply
+                .header("Access-Control-Allow-Origin", allowed)
+                .header("Access-Control-Expose-Headers", "Location")
+                .header("Vary", "Origin"),
+            None => reply,
         }
-        if !route.allows(&method) {
-            return Reply::method_not_allowed(route.allow());
+    }
+
+    /// Decides from the head alone: 404, preflights, 405, 401.
+    fn check(&self, head: &Head) -> Result<Route, Reply> {
+        let Some(route) = Route::parse(&head.path) else {
+            return Err(Reply::not_found());
+        };
+        if head.method == Method::Options {
+            return Err(self.preflight(&route, head));
+        }
+        if !route.allows(&head.method) {
+            return Err(Reply::method_not_allowed(route.allow()));
         }
         if route.needs_auth() {
-            if let Err(reply) = self.check_auth(request) {
-                return reply;
-            }
+            self.check_auth(head)?;
         }
-        let limits = self.config.limits;
-        let body = if method == Method::Post {
-            match http::read_body(request, limits.body_limit, limits.timeout) {
-                Ok(body) => body,
-                Err(reply) => return reply,
-            }
-        } else {
-            Vec::new()
-        };
+        Ok(route)
+    }
+
+    async fn route(&self, route: Route, request: Request) -> Reply {
         match route {
             Route::Index => Reply::new(200, "text/html; charset=utf-8", webrtc::VIEWER_PAGE),
-            Route::Offer => self.offer(&body),
-            Route::Whep => self.whep(request, &body),
+            Route::Offer => self.offer(&request).await,
+            Route::Whep => self.whep(&request).await,
             Route::WhepSession(id) => self.whep_delete(&id),
-            Route::Start => recording_reply(self.recorder.start()),
-            Route::Stop => recording_reply(self.recorder.stop()),
+            Route::Start => {
+                let recorder = self.recorder.clone();
+                recording_reply(blocking(move || recorder.start()).await)
+            }
+            Route::Stop => {
+                let recorder = self.recorder.clone();
+                recording_reply(blocking(move || recorder.stop()).await)
+            }
             Route::Status => Reply::json(200, &json!(self.recorder.status())),
             Route::Health => {
                 let (status, body) = self.health.report(&self.media, &self.recorder, self.viewers.count());
@@ -235,16 +230,31 @@ impl Control {
         }
     }
 
-    fn check_auth(&self, request: &Request) -> Result<(), Reply> {
+    fn check_auth(&self, head: &Head) -> Result<(), Reply> {
         let Some(token) = &self.config.auth_token else {
             return Ok(());
         };
-        let given = http::header(request, "Authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        let given = head.header("Authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
             Ok(())
         } else {
             Err(Reply::error(401, "missing or wrong bearer token").header("WWW-Authenticate", "Bearer"))
         }
+    }
+
+    fn preflight(&self, route: &Route, head: &Head) -> Reply {
+        let allowed = self.allowed_origin(head);
+        if head.header("Origin").is_some() && allowed.is_none() {
+            return Reply::error(403, "origin not allowed (see -cors-origin)");
+        }
+        let reply = Reply::new(204, "text/plain", Vec::new()).header("Allow", route.allow());
+        if allowed.is_none() {
+            return reply;
+        }
+        reply
+            .header("Access-Control-Allow-Methods", route.allow())
+            .header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+            .header("Access-Control-Max-Age", "600")
     }
 
     /// Takes an offer slot, or answers 503.
@@ -257,8 +267,8 @@ impl Control {
         Ok(slot)
     }
 
-    fn offer(&self, body: &[u8]) -> Reply {
-        let offer: OfferBody = match serde_json::from_slice(body) {
+    async fn offer(&self, request: &Request) -> Reply {
+        let offer: OfferBody = match serde_json::from_slice(&request.body) {
             Ok(offer) => offer,
             Err(e) => return Reply::error(400, format!("malformed offer JSON: {e}")),
         };
@@ -272,21 +282,21 @@ impl Control {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
-        match self.viewers.offer(&offer.sdp) {
+        match self.viewers.offer(&offer.sdp, request.head.peer.ip()).await {
             Ok(session) => {
-                log::info!("viewer {}: answered an offer", session.id);
+                log::info!("viewer {}: answered an offer from {}", session.id, request.head.peer.ip());
                 Reply::json(200, &json!({"type": "answer", "sdp": session.answer_sdp}))
             }
             Err(error) => offer_error(&error),
         }
     }
 
-    fn whep(&self, request: &Request, body: &[u8]) -> Reply {
-        let content_type = http::header(request, "Content-Type").unwrap_or("");
+    async fn whep(&self, request: &Request) -> Reply {
+        let content_type = request.head.header("Content-Type").unwrap_or("");
         if !content_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
             return Reply::error(415, "WHEP offers must be Content-Type: application/sdp");
         }
-        let Ok(sdp) = std::str::from_utf8(body) else {
+        let Ok(sdp) = std::str::from_utf8(&request.body) else {
             return Reply::error(400, "SDP is not UTF-8");
         };
         if sdp.trim().is_empty() {
@@ -296,9 +306,9 @@ impl Control {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
-        match self.viewers.offer(sdp) {
+        match self.viewers.offer(sdp, request.head.peer.ip()).await {
             Ok(session) => {
-                log::info!("viewer {}: answered a WHEP offer", session.id);
+                log::info!("viewer {}: answered a WHEP offer from {}", session.id, request.head.peer.ip());
                 Reply::new(201, "application/sdp", session.answer_sdp)
                     .header("Location", format!("/whep/{}", session.id))
             }
@@ -315,24 +325,40 @@ impl Control {
     }
 }
 
-fn preflight(route: &Route, has_origin: bool, allowed_origin: Option<&str>) -> Reply {
-    if has_origin && allowed_origin.is_none() {
-        return Reply::error(403, "origin not allowed (see -cors-origin)");
+impl Service for Control {
+    fn admit(&self, head: &Head) -> Result<usize, Reply> {
+        match self.check(head) {
+            Ok(_) => Ok(if head.method == Method::Post { BODY_LIMIT } else { 0 }),
+            Err(reply) => Err(self.with_cors(head, reply)),
+        }
     }
-    let reply = Reply::new(204, "text/plain", Vec::new()).header("Allow", route.allow());
-    if allowed_origin.is_none() {
-        return reply;
+
+    fn call(&self, request: Request) -> BoxFuture<'_, Reply> {
+        Box::pin(async move {
+            let head = request.head.clone();
+            let reply = match self.check(&head) {
+                Ok(route) => self.route(route, request).await,
+                Err(reply) => reply,
+            };
+            self.with_cors(&head, reply)
+        })
     }
-    reply
-        .header("Access-Control-Allow-Methods", route.allow())
-        .header("Access-Control-Allow-Headers", "Content-Type, Authorization")
-        .header("Access-Control-Max-Age", "600")
+}
+
+/// Runs blocking work (file creation, fsync) off the runtime's workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        // The closure panicked: the same as a panicking handler.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 fn offer_error(error: &OfferError) -> Reply {
     match error {
         OfferError::BadSdp(_) | OfferError::NoCompatibleCodec(_) => Reply::error(400, error),
         OfferError::TooManyViewers | OfferError::NoStreamYet => Reply::error(503, error).header("Retry-After", "2"),
+        OfferError::TooManyPending => Reply::error(429, error).header("Retry-After", "2"),
         OfferError::Internal(_) => {
             log::error!("offer: {error}");
             Reply::error(500, error)
@@ -345,7 +371,7 @@ fn recording_reply(result: Result<crate::recorder::RecordingStatus, RecorderErro
         Ok(status) => Reply::json(200, &json!({"success": true, "status": status})),
         Err(error) => {
             let status = match error {
-                RecorderError::AlreadyRecording | RecorderError::NotRecording => 409,
+                RecorderError::AlreadyRecording | RecorderError::NotRecording | RecorderError::Stopping => 409,
                 RecorderError::ShuttingDown => 503,
                 RecorderError::Io(_) => 500,
             };
@@ -363,20 +389,35 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Starts the `-metrics` listener: `GET /metrics` in the Prometheus text
-/// format; nothing else.
-pub fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<Listener, String> {
-    let limits = Limits { workers: 2, max_connections: 32, ..Limits::default() };
-    http::start("metrics", addr, limits, shutdown, move |request| {
-        let (path, _) = http::split_url(request.url());
-        if path != "/metrics" {
-            return Reply::not_found();
+/// The `-metrics` listener: `GET /metrics` in the Prometheus text format;
+/// nothing else.
+struct MetricsService(Arc<Metrics>);
+
+impl Service for MetricsService {
+    fn admit(&self, head: &Head) -> Result<usize, Reply> {
+        if head.path != "/metrics" {
+            return Err(Reply::not_found());
         }
-        if !matches!(request.method(), Method::Get | Method::Head) {
-            return Reply::method_not_allowed("GET, HEAD");
+        if !matches!(head.method, Method::Get | Method::Head) {
+            return Err(Reply::method_not_allowed("GET, HEAD"));
         }
-        Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", metrics.encode())
-    })
+        Ok(0)
+    }
+
+    fn call(&self, _request: Request) -> BoxFuture<'_, Reply> {
+        Box::pin(async move { Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", self.0.encode()) })
+    }
+}
+
+/// Starts the `-metrics` listener.
+pub fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: http::Limits,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<Listener> {
+    let limits = http::Limits { max_connections: 32, ..limits };
+    http::start("metrics", addr, limits, runtime, Arc::new(MetricsService(metrics)))
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! WebRTC viewers: the camera's H.264, as it is, to many browsers.
 //!
-//! In: SDP offers from the control plane ([`Viewers::offer`], called on a
-//! tiny_http worker thread, blocking), and access units from the hub (one
-//! bounded subscription per connected viewer). Out: an SDP answer per offer
-//! (with our host candidates: no trickle), then SRTP to each viewer.
+//! In: SDP offers from the control plane ([`Viewers::offer`], awaited by an
+//! HTTP connection task), and access units from the hub (one budgeted
+//! subscription per connected viewer). Out: an SDP answer per offer (with
+//! our host candidates: no trickle), then SRTP to each viewer.
 //!
-//! Threads: [`Viewers`] owns a small tokio runtime ("webrtc" worker
-//! threads). Each viewer is one task (plus one for its RTCP feedback) next to
-//! the `webrtc` crate's own driver task for its peer connection. The media
-//! thread is never blocked: the hub only `try_send`s into a viewer's queue.
+//! Tasks: each viewer is one task on the process's tokio runtime (plus one
+//! for its RTCP feedback) next to the `webrtc` crate's own driver task for
+//! its peer connection. Viewer tasks live in a [`TaskSet`] that shutdown
+//! waits for, and each owns a [`SlotGuard`]: its slot, the client gauge and
+//! its usage entry are freed when the task ends, however it ends (a panic
+//! included). The media thread is never blocked: the hub only pushes into
+//! a viewer's queue.
 //!
 //! Per viewer:
 //! 1. negotiation ([`negotiate`]): choose the offered H.264 payload type the
@@ -55,9 +58,18 @@
 //! not parse, or has no H.264 the stream fits, is refused with an
 //! [`OfferError`] whose message says why; nothing a peer sends panics.
 //!
-//! Departure: ICE consent failure after a few seconds of silence
-//! ([`ICE_FAILED_TIMEOUT`]) or a DTLS close ends the viewer and frees its slot;
-//! [`Viewers::close`] (WHEP DELETE) frees it at once.
+//! Departure: a viewer that closes its peer connection sends a DTLS
+//! `close_notify` (and some send an RTCP BYE): either ends it within
+//! [`CLOSE_POLL`] (the `webrtc` crate reports no DTLS state change, so the
+//! viewer polls its DTLS transport's state). [`Viewers::close`] (WHEP
+//! DELETE) frees it at once. One that vanishes silently (network gone,
+//! process killed) goes when ICE consent fails: [`ICE_DISCONNECTED_TIMEOUT`]
+//! plus [`ICE_FAILED_TIMEOUT`], about 5 s of silence.
+//!
+//! Floods: each client address may have at most
+//! [`MAX_PENDING_PER_CLIENT`] offers answered but not yet connected (more
+//! get [`OfferError::TooManyPending`], 429), so one LAN client sending
+//! offers that never connect cannot keep every slot taken.
 
 pub mod negotiate;
 pub mod packetizer;
@@ -71,8 +83,10 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::hub::QueueBudget;
 use crate::pipeline::Media;
 use crate::shutdown::Shutdown;
+use crate::tasks::TaskSet;
 
 pub use negotiate::{Choice, NegotiationError};
 
@@ -91,7 +105,11 @@ pub const GATHER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Upper bound on a whole negotiation.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A viewer that answered but never connects is dropped after this.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Offers answered but not yet connected, per client address.
+pub const MAX_PENDING_PER_CLIENT: usize = 3;
+/// How often a connected viewer checks whether the browser closed DTLS.
+pub const CLOSE_POLL: Duration = Duration::from_millis(100);
 /// ICE: no traffic for this long is "disconnected".
 pub const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(2);
 /// ICE: this much longer after "disconnected" is "failed": the viewer is
@@ -102,9 +120,11 @@ pub const KEYFRAME_RESTART_INTERVAL: Duration = Duration::from_secs(1);
 /// No camera frame for this long: the GOP cache is stale, and a keyframe
 /// request waits for the camera's next IDR instead of replaying the cache.
 pub const STALE_CAMERA: Duration = Duration::from_secs(2);
-/// Frames a viewer's hub queue holds: a whole GOP from the cache plus a
-/// second of live frames at 30 fps, so a GOP-cache start never overflows.
-pub const VIEWER_QUEUE_FRAMES: usize = 96;
+/// Live frames a viewer may have queued: about 5 s at 1080p 6 Mbit/s. The
+/// GOP-cache backlog is not charged (see `hub`), so any GOP length starts
+/// at once. Access units are shared, so lagging viewers together pin at
+/// most this much more than the GOP cache.
+pub const VIEWER_QUEUE: QueueBudget = QueueBudget { bytes: 4 << 20, frames: 300 };
 
 #[derive(Clone, Debug)]
 pub struct WebrtcConfig {
@@ -175,6 +195,9 @@ pub enum OfferError {
     NoCompatibleCodec(String),
     /// 503 with Retry-After: `max_clients` viewers already.
     TooManyViewers,
+    /// 429 with Retry-After: this client address has
+    /// [`MAX_PENDING_PER_CLIENT`] offers that have not connected yet.
+    TooManyPending,
     /// 503 with Retry-After: the camera has not sent SPS/PPS yet.
     NoStreamYet,
     /// 500.
@@ -187,6 +210,9 @@ impl fmt::Display for OfferError {
             OfferError::BadSdp(why) => write!(f, "bad SDP offer: {why}"),
             OfferError::NoCompatibleCodec(why) => write!(f, "no compatible H.264 in the offer: {why}"),
             OfferError::TooManyViewers => write!(f, "too many viewers"),
+            OfferError::TooManyPending => {
+                write!(f, "too many offers from this address waiting to connect (at most {MAX_PENDING_PER_CLIENT})")
+            }
             OfferError::NoStreamYet => write!(f, "the camera stream has not started yet"),
             OfferError::Internal(why) => write!(f, "internal error: {why}"),
         }
@@ -212,13 +238,17 @@ pub struct ViewerStats {
 struct Slot {
     /// Tells the viewer task to stop; dropping it does too.
     close: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Where the offer came from (the pending-offer limit).
+    client: IpAddr,
+    /// Set once ICE and DTLS are up.
+    connected: bool,
 }
 
 pub(crate) struct Inner {
     config: WebrtcConfig,
     media: Media,
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    handle: tokio::runtime::Handle,
+    runtime: tokio::runtime::Handle,
+    tasks: TaskSet,
     slots: Mutex<HashMap<String, Slot>>,
     cache: packetizer::PacketCache,
     next_port: AtomicU16,
@@ -228,6 +258,21 @@ pub(crate) struct Inner {
     /// fullest viewer is reported).
     usage: Mutex<HashMap<String, i64>>,
     shutdown: Shutdown,
+}
+
+/// Frees a viewer's slot when dropped: the viewer task holds it for its
+/// whole life, so every way out (a panic included) frees the slot, the
+/// client gauge and the usage entry.
+pub(crate) struct SlotGuard {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.inner.release(&self.id);
+        self.inner.forget_usage(&self.id);
+    }
 }
 
 impl Inner {
@@ -253,6 +298,13 @@ impl Inner {
         }
     }
 
+    /// Marks a viewer connected: it no longer counts as pending.
+    pub(crate) fn mark_connected(&self, id: &str) {
+        if let Some(slot) = self.slots().get_mut(id) {
+            slot.connected = true;
+        }
+    }
+
     pub(crate) fn report_usage(&self, id: &str, percent: i64) {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         usage.insert(id.to_string(), percent);
@@ -261,8 +313,9 @@ impl Inner {
 
     pub(crate) fn forget_usage(&self, id: &str) {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        usage.remove(id);
-        self.media.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
+        if usage.remove(id).is_some() {
+            self.media.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
+        }
     }
 
     /// The socket addresses a new peer connection binds.
@@ -287,15 +340,6 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            // Never block (we may be dropped on a runtime thread).
-            runtime.shutdown_background();
-        }
-    }
-}
-
 /// All viewers; cheap to clone. Owns its own tokio runtime.
 #[derive(Clone)]
 pub struct Viewers {
@@ -309,43 +353,33 @@ impl fmt::Debug for Viewers {
 }
 
 impl Viewers {
-    pub fn new(config: WebrtcConfig, media: Media, shutdown: Shutdown) -> Result<Viewers, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("webrtc")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("webrtc runtime: {e}"))?;
-        let handle = runtime.handle().clone();
+    /// Viewers served on `runtime` (the process's tokio runtime).
+    pub fn new(
+        config: WebrtcConfig,
+        media: Media,
+        shutdown: Shutdown,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Viewers, String> {
         let inner = Arc::new(Inner {
             config,
             media,
-            runtime: Mutex::new(Some(runtime)),
-            handle,
+            runtime,
+            tasks: TaskSet::new(),
             slots: Mutex::new(HashMap::new()),
             cache: packetizer::PacketCache::new(),
             next_port: AtomicU16::new(0),
             keyframe_restarts: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             usage: Mutex::new(HashMap::new()),
-            shutdown: shutdown.clone(),
-        });
-        // On shutdown every viewer ends; the weak reference lets the runtime
-        // go when the last `Viewers` does.
-        let weak = Arc::downgrade(&inner);
-        inner.handle.spawn(async move {
-            shutdown.wait().await;
-            if let Some(inner) = weak.upgrade() {
-                Viewers { inner }.close_all_async().await;
-            }
+            shutdown,
         });
         Ok(Viewers { inner })
     }
 
-    /// Negotiates a new viewer; blocks the calling (control-plane) thread
-    /// until ICE gathering is complete, bounded by [`GATHER_TIMEOUT`] (and
-    /// the whole call by [`OFFER_TIMEOUT`]).
-    pub fn offer(&self, offer_sdp: &str) -> Result<Session, OfferError> {
+    /// Negotiates a new viewer from `client`: waits until ICE gathering is
+    /// complete, bounded by [`GATHER_TIMEOUT`] (and the whole call by
+    /// [`OFFER_TIMEOUT`]).
+    pub async fn offer(&self, offer_sdp: &str, client: IpAddr) -> Result<Session, OfferError> {
         let inner = &self.inner;
         if inner.shutdown.is_triggered() {
             return Err(OfferError::Internal("shutting down".into()));
@@ -362,18 +396,20 @@ impl Viewers {
             if slots.len() >= inner.config.max_clients {
                 return Err(OfferError::TooManyViewers);
             }
-            slots.insert(id.clone(), Slot { close: Some(close_tx) });
+            let pending = slots.values().filter(|s| s.client == client && !s.connected).count();
+            if pending >= MAX_PENDING_PER_CLIENT {
+                return Err(OfferError::TooManyPending);
+            }
+            slots.insert(id.clone(), Slot { close: Some(close_tx), client, connected: false });
             inner.media.metrics.active_clients.set(slots.len() as i64);
         }
-        let (answer_tx, answer_rx) = std::sync::mpsc::sync_channel(1);
-        let task_inner = inner.clone();
+        let guard = SlotGuard { inner: inner.clone(), id: id.clone() };
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
         let offer = offer_sdp.to_string();
-        let task_id = id.clone();
-        inner.handle.spawn(async move {
-            viewer::run(task_inner, task_id, offer, choice, answer_tx, close_rx).await;
-        });
-        let result = match answer_rx.recv_timeout(OFFER_TIMEOUT) {
-            Ok(result) => result,
+        inner.tasks.spawn(&inner.runtime, viewer::run(guard, offer, choice, answer_tx, close_rx));
+        let result = match tokio::time::timeout(OFFER_TIMEOUT, answer_rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(OfferError::Internal("the viewer task ended without an answer".into())),
             Err(_) => Err(OfferError::Internal("negotiation timed out".into())),
         };
         match result {
@@ -413,30 +449,20 @@ impl Viewers {
         }
     }
 
-    /// Closes every viewer; returns within about half a second.
-    pub fn close_all(&self) {
+    /// Closes every viewer and waits up to `timeout` for their tasks to end
+    /// (each closes its peer connection: DTLS close_notify). Call from a
+    /// plain thread, not the runtime. True if every task ended.
+    pub fn close_all(&self, timeout: Duration) -> bool {
         let ids: Vec<String> = self.inner.slots().keys().cloned().collect();
         for id in &ids {
             self.inner.release(id);
         }
-        // Viewer tasks close their peer connections (DTLS close_notify) in
-        // the background; give them a moment, bounded.
-        let deadline = std::time::Instant::now() + Duration::from_millis(400);
-        while viewer::live_tasks() > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.inner.tasks.wait_empty(timeout)
     }
 
-    async fn close_all_async(&self) {
-        let ids: Vec<String> = self.inner.slots().keys().cloned().collect();
-        for id in &ids {
-            self.inner.release(id);
-        }
-    }
-
-    /// Viewer tasks alive now, in the whole process (a leak check for tests).
-    pub fn live_tasks() -> usize {
-        viewer::live_tasks()
+    /// Viewer tasks alive now (a leak check for tests).
+    pub fn live_tasks(&self) -> usize {
+        self.inner.tasks.len()
     }
 }
 

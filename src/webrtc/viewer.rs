@@ -4,8 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,8 @@ use rtc::interceptor::{
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::peer_connection::transport::RTCDtlsTransportState;
+use rtc::rtcp::goodbye::Goodbye;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
@@ -25,6 +26,7 @@ use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, oneshot, watch};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::transport::DtlsTransport;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
@@ -33,31 +35,9 @@ use webrtc::runtime::TokioRuntime;
 
 use super::negotiate::{self, Choice};
 use super::packetizer::PacketizedAu;
-use super::{Inner, OfferError};
+use super::{Inner, OfferError, SlotGuard};
 use crate::h264::AccessUnit;
 use crate::hub::{StartAt, SubscribeOptions, Subscription};
-
-static LIVE_TASKS: AtomicUsize = AtomicUsize::new(0);
-
-/// Viewer tasks alive in this process.
-pub fn live_tasks() -> usize {
-    LIVE_TASKS.load(Ordering::SeqCst)
-}
-
-struct LiveGuard;
-
-impl LiveGuard {
-    fn new() -> LiveGuard {
-        LIVE_TASKS.fetch_add(1, Ordering::SeqCst);
-        LiveGuard
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        LIVE_TASKS.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Peer connection events, as watch channels the viewer task reads.
 struct Handler {
@@ -78,7 +58,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Hands inbound PLI/FIR and receiver reports to the application (the
+/// Hands inbound PLI/FIR, BYE and receiver reports to the application (the
 /// track's event stream) and lets every other RTCP packet end with the
 /// interceptors that use it (NACKs). Placed application-most, after those,
 /// so they have seen everything first. (`rtc` 0.21 does not feed receiver
@@ -102,7 +82,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
                 .iter()
                 .filter(|p| {
                     let any = p.as_any();
-                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() || any.is::<ReceiverReport>()
+                    any.is::<PictureLossIndication>()
+                        || any.is::<FullIntraRequest>()
+                        || any.is::<ReceiverReport>()
+                        || any.is::<Goodbye>()
                 })
                 .cloned()
                 .collect();
@@ -250,6 +233,8 @@ struct Negotiated {
     ssrc: u32,
     /// The negotiated abs-capture-time extension id, if the viewer offered it.
     abs_capture_id: Option<u8>,
+    /// Polled for the viewer's DTLS close_notify (see the module doc).
+    dtls: Option<Arc<dyn DtlsTransport>>,
     answer: String,
 }
 
@@ -291,6 +276,7 @@ async fn negotiate(
         inner.media.metrics.webrtc_errors.inc();
         OfferError::Internal(format!("the answer came out malformed: {e}"))
     })?;
+    let dtls = sender.transport().await.ok().flatten();
     let (payload_type, abs_capture_id) = match sender.get_parameters().await {
         Ok(parameters) => {
             let rtp = &parameters.rtp_parameters;
@@ -305,19 +291,19 @@ async fn negotiate(
         .and_then(|id| u8::try_from(id).ok())
         .filter(|id| (1..=14).contains(id))
         .filter(|id| negotiate::extmap_id(&answer, super::ABS_CAPTURE_TIME_URI) == Some(*id));
-    Ok(Negotiated { track, payload_type, ssrc, abs_capture_id, answer })
+    Ok(Negotiated { track, payload_type, ssrc, abs_capture_id, dtls, answer })
 }
 
-/// The whole life of one viewer.
+/// The whole life of one viewer. `guard` holds its slot until this ends.
 pub(super) async fn run(
-    inner: Arc<Inner>,
-    id: String,
+    guard: SlotGuard,
     offer: String,
     choice: Choice,
-    answer_tx: SyncSender<Result<String, OfferError>>,
+    answer_tx: oneshot::Sender<Result<String, OfferError>>,
     close_rx: oneshot::Receiver<()>,
 ) {
-    let _live = LiveGuard::new();
+    let inner = guard.inner.clone();
+    let id = guard.id.clone();
     let short = id[..8.min(id.len())].to_string();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (gathered_tx, gathered_rx) = watch::channel(false);
@@ -346,7 +332,6 @@ pub(super) async fn run(
             OfferError::Internal(format!("peer connection: {why}"))
         };
         let _ = answer_tx.send(Err(error));
-        inner.release(&id);
         return;
     };
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
@@ -355,15 +340,15 @@ pub(super) async fn run(
         Ok(n) => n,
         Err(error) => {
             let _ = answer_tx.send(Err(error));
-            close(&pc).await;
             inner.release(&id);
+            close(&pc).await;
             return;
         }
     };
     if answer_tx.send(Ok(negotiated.answer.clone())).is_err() {
         // The control plane gave up waiting; nobody will get this answer.
-        close(&pc).await;
         inner.release(&id);
+        close(&pc).await;
         return;
     }
     log::info!("webrtc: viewer {short} negotiated (PT {}, {})", negotiated.payload_type, choice.answer_fmtp);
@@ -375,9 +360,11 @@ pub(super) async fn run(
             log::warn!("webrtc: viewer {short} failed: {why}");
         }
     }
-    close(&pc).await;
+    // The slot is free before the (bounded) close: a viewer that left is
+    // gone for the next offer at once.
     inner.release(&id);
-    inner.forget_usage(&id);
+    close(&pc).await;
+    drop(guard);
 }
 
 /// Closes a peer connection, bounded: a stuck close must not keep a slot.
@@ -464,7 +451,7 @@ impl Stamp {
 fn subscribe(inner: &Inner, short: &str) -> Subscription {
     inner.media.hub.subscribe(SubscribeOptions {
         name: format!("viewer {short}"),
-        capacity: super::VIEWER_QUEUE_FRAMES,
+        budget: super::VIEWER_QUEUE,
         start: StartAt::GopCache,
         dropped_metric: Some(inner.media.metrics.webrtc_frames_dropped.clone()),
     })
@@ -506,12 +493,14 @@ async fn serve(
         },
     }
     inner.connected.fetch_add(1, Ordering::Relaxed);
+    inner.mark_connected(id);
     log::info!("webrtc: viewer {short} connected in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
 
     // PLI/FIR and receiver reports arrive on the track's event stream; a
     // small task turns keyframe requests into a bounded signal (one pending
     // request is as good as many) and receiver reports into metrics.
     let (keyframe_tx, mut keyframe_rx) = mpsc::channel::<()>(1);
+    let (goodbye_tx, mut goodbye_rx) = mpsc::channel::<()>(1);
     let track = negotiated.track.clone();
     let metrics = inner.media.metrics.clone();
     let ssrc = negotiated.ssrc;
@@ -525,6 +514,8 @@ async fn serve(
                 if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                     metrics.webrtc_keyframe_requests.inc();
                     let _ = keyframe_tx.try_send(());
+                } else if any.is::<Goodbye>() {
+                    let _ = goodbye_tx.try_send(());
                 } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                     let mut quality = feedback_quality.lock().unwrap_or_else(|e| e.into_inner());
                     for block in rr.reports.iter().filter(|b| b.ssrc == ssrc) {
@@ -542,9 +533,11 @@ async fn serve(
         seq: super::random_u32() as u16,
         offset: None,
         last: None,
-        catchup: subscription.frames.len(),
+        catchup: subscription.backlog,
         abs_capture_id: negotiated.abs_capture_id,
     };
+    let mut close_poll = tokio::time::interval(super::CLOSE_POLL);
+    close_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_restart = Instant::now();
     let mut last_usage = Instant::now();
 
@@ -558,9 +551,21 @@ async fn serve(
                 if changed.is_err() {
                     break Ok("peer connection went away".to_string());
                 }
-                let state = *state_rx.borrow_and_update();
-                if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
-                    break Ok(format!("connection {state}"));
+                match *state_rx.borrow_and_update() {
+                    // ICE consent failed: the viewer vanished without a word.
+                    RTCPeerConnectionState::Failed => {
+                        break Ok("the viewer went silent (no ICE consent for about 5 s)".to_string())
+                    }
+                    RTCPeerConnectionState::Closed => break Ok("connection closed".to_string()),
+                    _ => {}
+                }
+            }
+            Some(()) = goodbye_rx.recv() => break Ok("the viewer left (RTCP BYE)".to_string()),
+            _ = close_poll.tick(), if negotiated.dtls.is_some() => {
+                if let Some(dtls) = &negotiated.dtls {
+                    if matches!(dtls.state().await, Ok(RTCDtlsTransportState::Closed)) {
+                        break Ok("the viewer closed the connection (DTLS close_notify)".to_string());
+                    }
                 }
             }
             Some(()) = keyframe_rx.recv() => {
@@ -572,7 +577,7 @@ async fn serve(
                     last_restart = Instant::now();
                     drop(subscription);
                     subscription = subscribe(inner, short);
-                    stamp.catchup = subscription.frames.len();
+                    stamp.catchup = subscription.backlog;
                     inner.keyframe_restarts.fetch_add(1, Ordering::Relaxed);
                     log::debug!("webrtc: viewer {short} asked for a keyframe: restarting from the cached IDR");
                 }

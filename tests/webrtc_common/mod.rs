@@ -250,6 +250,16 @@ pub fn find_in_loop(clip: &[Bytes], received: &[Bytes]) -> Option<usize> {
 }
 
 /// A fake camera process, the real media thread and `Viewers`, in process.
+/// Tests that measure the whole process (fds, threads, RSS) take this for
+/// writing; every rig holds it for reading, so those measurements never
+/// count another test's sockets.
+pub static PROCESS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Excludes every other rig of this test binary while held.
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    PROCESS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct Rig {
     _camera: crate::common::Proc,
     pub media: Media,
@@ -257,6 +267,9 @@ pub struct Rig {
     trigger: Option<Trigger>,
     media_thread: Option<std::thread::JoinHandle<()>>,
     shutdown: Shutdown,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Last: released after everything above is gone.
+    _shared: Option<std::sync::RwLockReadGuard<'static, ()>>,
 }
 
 impl Rig {
@@ -265,6 +278,21 @@ impl Rig {
     }
 
     pub fn start_with(tag: &str, max_clients: usize, configure: impl FnOnce(&mut WebrtcConfig)) -> Rig {
+        let shared = Some(PROCESS.read().unwrap_or_else(|e| e.into_inner()));
+        Rig::build(shared, tag, max_clients, configure)
+    }
+
+    /// A rig for a test that holds [`exclusive`] already.
+    pub fn start_alone(tag: &str, max_clients: usize) -> Rig {
+        Rig::build(None, tag, max_clients, |_| {})
+    }
+
+    fn build(
+        shared: Option<std::sync::RwLockReadGuard<'static, ()>>,
+        tag: &str,
+        max_clients: usize,
+        configure: impl FnOnce(&mut WebrtcConfig),
+    ) -> Rig {
         let shm = crate::common::unique_shm(tag);
         let camera = crate::common::fake_camera(&shm, &["-fps", "30"]);
         let media = Media::new(Arc::new(Metrics::new()));
@@ -279,16 +307,29 @@ impl Rig {
         let mut config = WebrtcConfig::new(max_clients);
         config.ips = vec!["127.0.0.1".parse().unwrap()];
         configure(&mut config);
-        let viewers = Viewers::new(config, media.clone(), shutdown.clone()).unwrap();
-        Rig { _camera: camera, media, viewers, trigger: Some(trigger), media_thread: Some(media_thread), shutdown }
+        // The server's own runtime, as in main: the viewer tasks run there,
+        // the test's client on the test's runtime.
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let viewers = Viewers::new(config, media.clone(), shutdown.clone(), runtime.handle().clone()).unwrap();
+        Rig {
+            _shared: shared,
+            _camera: camera,
+            media,
+            viewers,
+            trigger: Some(trigger),
+            media_thread: Some(media_thread),
+            shutdown,
+            runtime: Some(runtime),
+        }
     }
 
-    /// `Viewers::offer` blocks: run it off the async threads, as the HTTP
-    /// worker would.
+    /// An offer from 127.0.0.1, as the HTTP listener hands it on.
     pub async fn offer(&self, sdp: &str) -> Result<Session, OfferError> {
-        let viewers = self.viewers.clone();
-        let sdp = sdp.to_string();
-        tokio::task::spawn_blocking(move || viewers.offer(&sdp)).await.unwrap()
+        self.offer_from(sdp, "127.0.0.1".parse().unwrap()).await
+    }
+
+    pub async fn offer_from(&self, sdp: &str, client: std::net::IpAddr) -> Result<Session, OfferError> {
+        self.viewers.offer(sdp, client).await
     }
 
     pub async fn connect(&self) -> (Client, String) {
@@ -301,11 +342,14 @@ impl Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        self.viewers.close_all();
+        self.viewers.close_all(Duration::from_secs(2));
         drop(self.trigger.take());
         if let Some(thread) = self.media_thread.take() {
             let _ = thread.join();
         }
         assert!(self.shutdown.is_triggered());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
