@@ -806,10 +806,19 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply, keep_alive: bool, is_
         push("Connection", "close");
     }
     head.push_str("\r\n");
-    if !write_all(stream, head.as_bytes(), timeout).await {
+    let no_body = is_head || reply.status == 204 || reply.status == 304;
+    let mut head = head.into_bytes();
+    // A small body goes out with the head: one write, one segment.
+    if let (false, Body::Full(bytes)) = (no_body, &reply.body) {
+        if bytes.len() <= 16 * 1024 {
+            head.extend_from_slice(bytes);
+            return write_all(stream, &head, timeout).await && flush(stream, timeout).await;
+        }
+    }
+    if !write_all(stream, &head, timeout).await {
         return false;
     }
-    if is_head || reply.status == 204 || reply.status == 304 {
+    if no_body {
         return flush(stream, timeout).await;
     }
     match reply.body {

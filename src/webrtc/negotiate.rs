@@ -163,9 +163,48 @@ pub fn parse_sdp(sdp: &str) -> Result<SessionDescription, String> {
     SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes())).map_err(|e| format!("SDP does not parse: {e}"))
 }
 
+/// Structural rules the SDP parser does not enforce (RFC 8866, RFC 8843):
+/// at most one `c=` line and one direction per section, unique `mid`s.
+/// Offers that break them made the `rtc` crate answer without a video
+/// section (found by tests/offer_fuzz.rs).
+fn check_structure(offer_sdp: &str) -> Result<(), String> {
+    let mut mids: Vec<&str> = Vec::new();
+    let mut section = 0;
+    let (mut connections, mut directions) = (0, 0);
+    for line in offer_sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("m=") {
+            section += 1;
+            (connections, directions) = (0, 0);
+            continue;
+        }
+        if section == 0 {
+            continue;
+        }
+        if line.starts_with("c=") {
+            connections += 1;
+            if connections > 1 {
+                return Err(format!("m= section {section} has more than one c= line"));
+            }
+        } else if matches!(line, "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive") {
+            directions += 1;
+            if directions > 1 {
+                return Err(format!("m= section {section} has more than one direction attribute"));
+            }
+        } else if let Some(mid) = line.strip_prefix("a=mid:") {
+            let mid = mid.trim();
+            if mids.contains(&mid) {
+                return Err(format!("mid {mid:?} is used by more than one m= section"));
+            }
+            mids.push(mid);
+        }
+    }
+    Ok(())
+}
+
 /// Picks the payload type to send the camera's stream as.
 pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationError> {
     let offer = parse_sdp(offer_sdp).map_err(NegotiationError::BadSdp)?;
+    check_structure(offer_sdp).map_err(|why| NegotiationError::BadSdp(format!("malformed offer: {why}")))?;
     let stream = Profile::classify(camera.profile_idc, camera.constraint_flags);
     let videos: Vec<_> = offer
         .media_descriptions

@@ -260,7 +260,10 @@ async fn negotiate(
     let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.map_err(internal("add_track"))?;
     let offer = RTCSessionDescription::offer(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
     pc.set_remote_description(offer).await.map_err(|e| OfferError::BadSdp(e.to_string()))?;
-    let answer = pc.create_answer(None).await.map_err(internal("create_answer"))?;
+    // Our side is fixed and known good, so a failure here comes from what
+    // the offer says (a malformed extmap, say): bad input.
+    let answer =
+        pc.create_answer(None).await.map_err(|e| OfferError::BadSdp(format!("the offer cannot be answered: {e}")))?;
     pc.set_local_description(answer).await.map_err(internal("set_local_description"))?;
     // Host candidates are gathered at once; only STUN can take long. Bound
     // the wait and answer with what we have.
@@ -272,9 +275,13 @@ async fn negotiate(
     }
     let local = pc.local_description().await.ok_or_else(|| OfferError::Internal("no local description".into()))?;
     let answer = negotiate::finish_answer(&local.sdp, choice);
+    // Every well-formed browser offer answers cleanly (tests/webrtc_offers.rs);
+    // one that does not is an offer the stack cannot make sense of: bad
+    // input (400), logged for diagnosis.
     negotiate::check_answer(&answer, choice).map_err(|e| {
         inner.media.metrics.webrtc_errors.inc();
-        OfferError::Internal(format!("the answer came out malformed: {e}"))
+        log::warn!("webrtc: cannot answer an offer ({e})");
+        OfferError::BadSdp(format!("the offer cannot be answered: {e}"))
     })?;
     let dtls = sender.transport().await.ok().flatten();
     let (payload_type, abs_capture_id) = match sender.get_parameters().await {
