@@ -40,6 +40,15 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 export STREAMING_TEST_CHROMIUM=/usr/bin/chromium
 
+echo "== vendored crates equal their crates.io release plus the recorded patch"
+vendored_status=0
+bash scripts/check-vendored.sh || vendored_status=$?
+case $vendored_status in
+0) ;;
+77) echo "SKIPPED: vendored-crate check (crates.io unreachable); the rest of the suite runs" ;;
+*) exit "$vendored_status" ;;
+esac
+
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -15,9 +15,15 @@
 //! - [`h264`]: Annex-B splitting, SPS parsing, SPS/PPS cache, IDR rules.
 //! - [`hub`]: bounded per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`pipeline`]: the media thread joining the three above.
-//! - [`fake_camera`]: a daemon stand-in that plays a clip into a segment.
+//! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
+//! - [`recorder`]: raw `.h264` files on their own thread.
+//! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
+//!   routes), [`health`], [`profiling`] (pprof) are its services.
+//! - [`fake_camera`]: a daemon stand-in that plays a clip into a segment;
+//!   [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
 //! - [`systemd`]: sd_notify readiness and a watchdog fed by the media path.
-//! - [`metrics`], [`clock`], [`shutdown`], [`ratelimit`], [`cli`]: shared leaves.
+//! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`]:
+//!   shared leaves that know nothing of video.
 
 pub mod abi;
 pub mod cli;

@@ -401,7 +401,7 @@ mod peer {
     /// What one POST /offer came to.
     enum Attempt {
         Answer(String),
-        /// 503: try again after this many seconds.
+        /// 503 or 429: try again after this many seconds.
         Busy(f64),
         Failed(String),
     }
@@ -413,7 +413,9 @@ mod peer {
         }
         let response = match request.send_string(body) {
             Ok(response) => response,
-            Err(ureq::Error::Status(503, response)) => {
+            // 503: every slot or negotiation busy; 429: this address has
+            // too many offers waiting to connect. Both pass.
+            Err(ureq::Error::Status(503 | 429, response)) => {
                 return Attempt::Busy(response.header("Retry-After").and_then(|s| s.trim().parse().ok()).unwrap_or(0.2))
             }
             Err(ureq::Error::Status(code, response)) => {

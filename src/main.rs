@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 /// First SIGINT/SIGTERM starts a graceful stop; a second exits at once.
-fn handle_signals(trigger: Trigger) -> Result<(), String> {
+fn handle_signals(trigger: Arc<Trigger>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
     std::thread::Builder::new()
@@ -84,7 +84,7 @@ fn load_clip(file: Option<&std::path::Path>) -> Result<Clip, String> {
 fn run_fake_camera(args: &FakeCameraArgs) -> Result<(), String> {
     let clip = load_clip(args.file.as_deref())?;
     let (trigger, shutdown) = shutdown::channel();
-    handle_signals(trigger)?;
+    handle_signals(Arc::new(trigger))?;
     fake_camera::run(&args.options(), &clip, &shutdown).map_err(|e| format!("fake camera: {e}"))?;
     Ok(())
 }
@@ -122,7 +122,8 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
 fn serve(args: &Args) -> Result<(), String> {
     let layout = Layout::new(args.time_bits);
     let (trigger, shutdown) = shutdown::channel();
-    handle_signals(trigger)?;
+    let trigger = Arc::new(trigger);
+    handle_signals(trigger.clone())?;
     let metrics = Arc::new(Metrics::new());
     let media = Media::new(metrics);
     // One runtime for viewers and every listener: nothing on it blocks
@@ -189,6 +190,7 @@ fn serve(args: &Args) -> Result<(), String> {
     while !shutdown.wait_timeout(Duration::from_secs(1)) {
         if let Some(why) = media.fatal() {
             fatal = Some(why.to_string());
+            trigger.trigger();
             break;
         }
         let read = media.camera.frames_read.load(Ordering::Relaxed);

@@ -48,7 +48,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::Serialize;
 
 use crate::h264::AccessUnit;
-use crate::hub::{QueueBudget, Queued, StartAt, SubscribeOptions, Subscription};
+use crate::hub::{ConsumerStats, QueueBudget, Queued, StartAt, SubscribeOptions, Subscription};
 use crate::pipeline::Media;
 
 /// Data reaches the disk at least this often while recording.
@@ -231,6 +231,10 @@ impl RecorderMetrics {
 struct Recording {
     id: u64,
     state: Mutex<StatusState>,
+    /// The hub's counters for this recording's queue: `frames_dropped` is
+    /// read live, so `/status` shows it even while the writer waits for a
+    /// stalled disk.
+    queue: Arc<ConsumerStats>,
 }
 
 #[derive(Debug, Default)]
@@ -246,6 +250,7 @@ impl Recording {
         if let (true, Some(started)) = (status.recording, state.started) {
             status.duration_ms = started.elapsed().as_millis() as u64;
         }
+        status.frames_dropped = status.frames_dropped.max(self.queue.dropped.load(Ordering::Relaxed));
         status
     }
 
@@ -390,6 +395,7 @@ impl Recorder {
         });
         let recording = Arc::new(Recording {
             id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            queue: subscription.stats.clone(),
             state: Mutex::new(StatusState {
                 status: RecordingStatus {
                     recording: true,

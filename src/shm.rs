@@ -754,6 +754,12 @@ fn follow(
             match segment.read_frame(index) {
                 Ok(frame) => {
                     // The writer may have reached this slot during the copy.
+                    // The fence keeps the copy's loads before the re-read of
+                    // write_index: an acquire load orders only what follows
+                    // it, so without the fence ARM may finish reading the
+                    // slot after the check and miss a rewrite (the seqlock
+                    // reader's rule).
+                    std::sync::atomic::fence(Ordering::Acquire);
                     let after = segment.write_index();
                     if after.wrapping_sub(index) > RING_BUFFER_SIZE {
                         warn_limited!(

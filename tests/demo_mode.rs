@@ -1,6 +1,9 @@
 //! The README's first command: `streaming-server -demo` runs on its built-in
 //! fake camera, with no other process, and serves frames; SIGTERM ends it
-//! within a second and removes the demo segment.
+//! within a second and removes the demo segment. Start-up faults a new user
+//! meets: a port in use (the error names the flag, no segment is left), and
+//! a media thread that dies (`/health` says so at once, the process exits
+//! non-zero for systemd to restart it).
 
 mod common;
 mod control_support;
@@ -37,4 +40,64 @@ fn demo_mode_streams_the_built_in_clip_and_stops_cleanly() {
     assert!(status.success(), "clean exit: {status:?}\n{}", server.proc.log());
     assert!(took < Duration::from_secs(1), "exit took {took:?}");
     assert!(!std::path::Path::new(&segment).exists(), "the demo segment is removed on exit");
+    let log = server.proc.log();
+    assert!(!log.contains("waiting ("), "no alarming 'waiting for the camera' line at a normal start:\n{log}");
+}
+
+#[test]
+fn a_port_in_use_names_the_flag_and_leaves_no_segment_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (flag, value) in [("-http", format!("127.0.0.1:{port}")), ("-metrics", format!("127.0.0.1:{port}"))] {
+        let mut args = vec![
+            "-demo",
+            "-http",
+            "127.0.0.1:0",
+            "-metrics",
+            "",
+            "-pprof",
+            "",
+            "-record-path",
+            dir.path().to_str().unwrap(),
+        ];
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1] = &value;
+        let mut proc = common::Proc::spawn(&args, &[]);
+        let status = proc.wait_exit(Duration::from_secs(10)).expect("exits at once");
+        let log = proc.log();
+        assert!(!status.success(), "{log}");
+        assert!(log.contains(&format!("{flag} {value} is in use")), "{log}");
+        assert!(log.contains(&format!("pass {flag} :PORT")), "{log}");
+        let segment = format!("/dev/shm/streaming_server_demo_{}", proc.child.id());
+        assert!(!std::path::Path::new(&segment).exists(), "a failed start left {segment}");
+    }
+}
+
+#[test]
+fn a_dead_media_thread_fails_health_at_once_and_the_process_exits_non_zero() {
+    if !cfg!(debug_assertions) {
+        return; // the fault hook exists in debug builds only
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args =
+        ["-demo", "-http", "127.0.0.1:0", "-metrics", "", "-pprof", "", "-record-path", dir.path().to_str().unwrap()];
+    let proc = common::Proc::spawn(&args, &[("STREAMING_SERVER_FAULT", "media_panic_after_frames:45")]);
+    let needle = "listening: http on ";
+    let line = proc.wait_for_line(needle, Duration::from_secs(15)).unwrap_or_else(|| panic!("{}", proc.log()));
+    let addr = line[line.find(needle).unwrap() + needle.len()..].split_whitespace().next().unwrap().to_string();
+    let mut server = Server { proc, addrs: std::collections::HashMap::from([("http".into(), addr.parse().unwrap())]) };
+    let url = server.url("http", "/health");
+    // Healthy first, then the injected panic after 45 frames (~1.5 s).
+    wait_until(Duration::from_secs(10), || (get(&url).status == 200).then_some(())).expect("never healthy");
+    let dead = wait_until(Duration::from_secs(10), || {
+        let answer = control_support::try_get(&url)?;
+        (answer.status == 503).then(|| answer.json())
+    })
+    .expect("/health never reported the dead media thread");
+    assert_eq!(dead["status"], "media_thread_died", "{dead}");
+    assert!(dead["error"].as_str().unwrap().contains("injected fault"), "{dead}");
+    let status = server.proc.wait_exit(Duration::from_secs(5)).expect("the process exits by itself");
+    assert!(!status.success(), "exit status must tell systemd to restart: {status:?}");
+    assert!(server.proc.log().contains("media thread died"), "{}", server.proc.log());
 }

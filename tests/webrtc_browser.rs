@@ -1,8 +1,8 @@
 //! Headless Chromium (Debian's `chromium`, driven by playwright-core from
 //! tests/browser/viewer.mjs) opens the viewer page at `/` of the real
 //! server, three viewers at once: each must decode at the camera's rate
-//! without freezes, and a screenshot of the video must be neither black nor
-//! still.
+//! without freezes, a screenshot of the video must be neither black nor
+//! still, and a closed tab must be gone from the server within 500 ms.
 
 mod common;
 
@@ -85,6 +85,14 @@ fn chromium_plays_the_viewer_page_in_three_tabs() {
     let changed = shot["changedFraction"].as_f64().unwrap();
     assert!(changed > 0.005, "the picture does not move ({changed} of pixels changed in 0.5 s)");
     let _ = std::fs::remove_file(&screenshot);
+    // A closed tab is gone from the server within 500 ms (DTLS close_notify).
+    for close in result["closes"].as_array().unwrap() {
+        assert_eq!(close["after"].as_u64().unwrap() + 1, close["before"].as_u64().unwrap(), "{close}");
+        assert!(close["ms"].as_u64().unwrap() < 500, "a closed tab held its slot: {close}");
+    }
+    let log = server.proc.log();
+    assert!(log.contains("DTLS close_notify"), "{log}");
+    assert!(!log.contains(" failed:"), "a closed tab was logged as a failure:\n{log}");
 }
 
 #[test]

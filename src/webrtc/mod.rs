@@ -66,10 +66,10 @@
 //! process killed) goes when ICE consent fails: [`ICE_DISCONNECTED_TIMEOUT`]
 //! plus [`ICE_FAILED_TIMEOUT`], about 5 s of silence.
 //!
-//! Floods: each client address may have at most
-//! [`MAX_PENDING_PER_CLIENT`] offers answered but not yet connected (more
-//! get [`OfferError::TooManyPending`], 429), so one LAN client sending
-//! offers that never connect cannot keep every slot taken.
+//! Floods: each client address may have at most [`pending_limit`] offers
+//! answered but not yet connected (more get [`OfferError::TooManyPending`],
+//! 429), so one LAN client sending offers that never connect cannot keep
+//! every slot taken.
 
 pub mod negotiate;
 pub mod packetizer;
@@ -106,8 +106,12 @@ pub const GATHER_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A viewer that answered but never connects is dropped after this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Offers answered but not yet connected, per client address.
-pub const MAX_PENDING_PER_CLIENT: usize = 3;
+/// Offers answered but not yet connected, per client address: at most
+/// this many, and one less than `-max-clients`, so an address sending
+/// offers that never connect always leaves a slot to everyone else. A
+/// dashboard opening a few cameras at once from one browser stays under it
+/// (a real viewer is pending for a few hundred milliseconds).
+pub const MAX_PENDING_PER_CLIENT: usize = 8;
 /// How often a connected viewer checks whether the browser closed DTLS.
 pub const CLOSE_POLL: Duration = Duration::from_millis(100);
 /// ICE: no traffic for this long is "disconnected".
@@ -195,8 +199,8 @@ pub enum OfferError {
     NoCompatibleCodec(String),
     /// 503 with Retry-After: `max_clients` viewers already.
     TooManyViewers,
-    /// 429 with Retry-After: this client address has
-    /// [`MAX_PENDING_PER_CLIENT`] offers that have not connected yet.
+    /// 429 with Retry-After: this client address has [`pending_limit`]
+    /// offers that have not connected yet.
     TooManyPending,
     /// 503 with Retry-After: the camera has not sent SPS/PPS yet.
     NoStreamYet,
@@ -210,9 +214,7 @@ impl fmt::Display for OfferError {
             OfferError::BadSdp(why) => write!(f, "bad SDP offer: {why}"),
             OfferError::NoCompatibleCodec(why) => write!(f, "no compatible H.264 in the offer: {why}"),
             OfferError::TooManyViewers => write!(f, "too many viewers"),
-            OfferError::TooManyPending => {
-                write!(f, "too many offers from this address waiting to connect (at most {MAX_PENDING_PER_CLIENT})")
-            }
+            OfferError::TooManyPending => write!(f, "too many offers from this address waiting to connect"),
             OfferError::NoStreamYet => write!(f, "the camera stream has not started yet"),
             OfferError::Internal(why) => write!(f, "internal error: {why}"),
         }
@@ -397,7 +399,7 @@ impl Viewers {
                 return Err(OfferError::TooManyViewers);
             }
             let pending = slots.values().filter(|s| s.client == client && !s.connected).count();
-            if pending >= MAX_PENDING_PER_CLIENT {
+            if pending >= pending_limit(inner.config.max_clients) {
                 return Err(OfferError::TooManyPending);
             }
             slots.insert(id.clone(), Slot { close: Some(close_tx), client, connected: false });
@@ -464,6 +466,11 @@ impl Viewers {
     pub fn live_tasks(&self) -> usize {
         self.inner.tasks.len()
     }
+}
+
+/// Pending offers one address may have (see [`MAX_PENDING_PER_CLIENT`]).
+pub fn pending_limit(max_clients: usize) -> usize {
+    max_clients.saturating_sub(1).clamp(1, MAX_PENDING_PER_CLIENT)
 }
 
 /// 128 random bits from the OS, hex: session ids must not be guessable,

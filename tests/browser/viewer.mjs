@@ -129,6 +129,21 @@ try {
     if (Math.abs(a[i] - b[i]) > 8) changed++;
   }
   result.screenshot = { path: screenshotPath, meanLuma: sum / a.length, changedFraction: changed / a.length, pixels: a.length };
+  // Close the tabs one by one: how long until the server has let each go.
+  const health = new URL("health", url).toString();
+  const clients = async () => (await (await fetch(health)).json()).webrtc_clients;
+  result.closes = [];
+  for (const { page } of pages) {
+    const before = await clients();
+    const t = Date.now();
+    await page.close();
+    let now = before;
+    while (now >= before && Date.now() - t < 10000) {
+      await new Promise((r) => setTimeout(r, 20));
+      now = await clients();
+    }
+    result.closes.push({ before, after: now, ms: Date.now() - t });
+  }
 } finally {
   await context.close();
 }

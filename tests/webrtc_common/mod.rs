@@ -332,10 +332,16 @@ impl Rig {
         self.viewers.offer(sdp, client).await
     }
 
+    /// A viewer that has connected (ICE and DTLS up) when this returns.
     pub async fn connect(&self) -> (Client, String) {
         let client = Client::new(CHROME_H264).await;
         let session = self.offer(&client.offer).await.expect("offer accepted");
         client.accept(session.answer_sdp).await;
+        let mut state = client.state.clone();
+        tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| *s == RTCPeerConnectionState::Connected))
+            .await
+            .expect("connected within 10 s")
+            .expect("the client is alive");
         (client, session.id)
     }
 }
