@@ -200,6 +200,51 @@ async fn connect_disconnect_churn_leaks_nothing() {
     assert!(fds_after <= fds_before + 4, "file descriptors leaked: {fds_before} -> {fds_after}");
 }
 
+/// A clip with an IDR every `gop` frames (640x360, 30 fps), made with ffmpeg.
+fn clip_with_gop(dir: &std::path::Path, gop: u32, seconds: u32) -> std::path::PathBuf {
+    let path = dir.join(format!("gop{gop}.h264"));
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size=640x360:rate=30:duration={seconds}"))
+        .args(["-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast", "-tune", "zerolatency"])
+        .args(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0", "-b:v", "800k"])
+        .args(["-pix_fmt", "yuv420p", "-x264-params", "aud=1"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg runs (scripts/test.sh installs it)");
+    assert!(status.success());
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4_s_gop_and_a_1_s_gop_both_start_a_joining_viewer_at_once_without_a_freeze() {
+    let dir = tempfile::tempdir().unwrap();
+    for gop in [120, 30] {
+        let rig = Rig::start_clip(&format!("rtc_gop{gop}"), 2, &clip_with_gop(dir.path(), gop, 12));
+        // Join late in the GOP: the cache then holds most of it.
+        let started = Instant::now();
+        while rig.media.hub.gop_cache_len() < (gop as usize) * 3 / 4 && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cached = rig.media.hub.gop_cache_len();
+        let joined = Instant::now();
+        let (client, id) = rig.connect().await;
+        let first = client.frames(1, Duration::from_secs(5)).await;
+        let first_after = joined.elapsed();
+        assert_eq!(first.len(), 1, "GOP {gop}: no frame");
+        assert_eq!(first[0].nals[0][0] & 0x1f, 7, "GOP {gop}: starts with the SPS of an IDR");
+        // The whole cached GOP and then live frames, with nothing dropped.
+        let rest = client.frames(cached + 30, Duration::from_secs(10)).await;
+        assert_eq!(rest.len(), cached + 30, "GOP {gop}: frames stopped (a freeze)");
+        assert!(rest.iter().all(|f| !f.damaged), "GOP {gop}: damaged frames");
+        assert_eq!(rig.media.metrics.webrtc_frames_dropped.get(), 0, "GOP {gop}: the viewer lost frames at join");
+        eprintln!("GOP {gop}: joined with {cached} frames cached, first frame after {first_after:?}");
+        assert!(first_after < Duration::from_secs(1), "GOP {gop}: first frame after {first_after:?}");
+        rig.viewers.close(&id);
+        client.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyframe_request_restarts_the_viewer_from_the_cached_idr() {
     let rig = Rig::start("rtc_pli", 2);

@@ -279,22 +279,33 @@ impl Rig {
 
     pub fn start_with(tag: &str, max_clients: usize, configure: impl FnOnce(&mut WebrtcConfig)) -> Rig {
         let shared = Some(PROCESS.read().unwrap_or_else(|e| e.into_inner()));
-        Rig::build(shared, tag, max_clients, configure)
+        Rig::build(shared, tag, max_clients, None, configure)
     }
 
     /// A rig for a test that holds [`exclusive`] already.
     pub fn start_alone(tag: &str, max_clients: usize) -> Rig {
-        Rig::build(None, tag, max_clients, |_| {})
+        Rig::build(None, tag, max_clients, None, |_| {})
+    }
+
+    /// A rig whose camera plays `clip` instead of the demo clip.
+    pub fn start_clip(tag: &str, max_clients: usize, clip: &std::path::Path) -> Rig {
+        let shared = Some(PROCESS.read().unwrap_or_else(|e| e.into_inner()));
+        Rig::build(shared, tag, max_clients, Some(clip), |_| {})
     }
 
     fn build(
         shared: Option<std::sync::RwLockReadGuard<'static, ()>>,
         tag: &str,
         max_clients: usize,
+        clip: Option<&std::path::Path>,
         configure: impl FnOnce(&mut WebrtcConfig),
     ) -> Rig {
         let shm = crate::common::unique_shm(tag);
-        let camera = crate::common::fake_camera(&shm, &["-fps", "30"]);
+        let mut camera_args = vec!["-fps", "30"];
+        if let Some(clip) = clip {
+            camera_args.extend(["-file", clip.to_str().unwrap()]);
+        }
+        let camera = crate::common::fake_camera(&shm, &camera_args);
         let media = Media::new(Arc::new(Metrics::new()));
         let (trigger, shutdown) = shutdown::channel();
         let config = ReaderConfig { name: shm, layout: Layout::new(TimeBits::Native) };
