@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtc::shared::marshal::Marshal;
+use streaming_server::codec::h264::{split_annexb, AccessUnit, Processor, RawFrame};
 use streaming_server::fake_camera::Clip;
-use streaming_server::h264::{split_annexb, AccessUnit, Processor, RawFrame};
 use streaming_server::webrtc::packetizer::{packetize, rtp_packet, PacketCache, MAX_PAYLOAD};
 
 fn main() {

@@ -25,9 +25,10 @@ use streaming_server::clock::monotonic_now;
 use streaming_server::fake_camera::Clip;
 use streaming_server::hub::{StartAt, SubscribeOptions};
 use streaming_server::metrics::Metrics;
-use streaming_server::pipeline::{self, Media};
-use streaming_server::shm::{ReaderConfig, Segment};
 use streaming_server::shutdown;
+use streaming_server::source;
+use streaming_server::source::ring::{ReaderConfig, Segment};
+use streaming_server::stream::Stream;
 
 fn thread_cpu_time() -> Duration {
     // SAFETY: getrusage writes into the zeroed struct we pass.
@@ -68,7 +69,7 @@ fn main() -> Result<(), String> {
     let segment = Segment::create(&shm, layout).map_err(|e| e.to_string())?;
 
     let (trigger, stop) = shutdown::channel();
-    let media = Media::new(Arc::new(Metrics::new()));
+    let media = Stream::new("cam", &Arc::new(Metrics::new()));
     let config = ReaderConfig { name: shm.clone(), layout };
     let (cpu_tx, cpu_rx) = mpsc::channel();
     let media_thread = {
@@ -77,7 +78,7 @@ fn main() -> Result<(), String> {
         std::thread::spawn(move || {
             let cpu_before = thread_cpu_time();
             let started = Instant::now();
-            pipeline::run(&config, &media, &stop);
+            source::run_ring(&config, &media, &stop);
             let _ = cpu_tx.send((thread_cpu_time() - cpu_before, started.elapsed()));
         })
     };

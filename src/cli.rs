@@ -101,6 +101,15 @@ pub struct Args {
     /// Run a built-in fake camera playing a demo clip (no camera needed).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub demo: bool,
+    /// YAML file with the paths to serve (shared memory, RTSP cameras,
+    /// demo); see docs/operations.md. The camera flags, when given too,
+    /// describe the path `cam`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Set by `parse`: a camera flag (-shm, -demo, -time-bits) was given on
+    /// the command line (not just its default).
+    #[arg(skip)]
+    pub camera_flag_given: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -209,7 +218,12 @@ pub fn normalize_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsStr
 
 /// Parses the process's arguments (exits with usage on error, like clap).
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Args {
-    Args::parse_from(normalize_go_flags(args))
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches_from(normalize_go_flags(args));
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    args.camera_flag_given = given("shm") || given("demo") || given("time_bits");
+    args
 }
 
 /// A Go-style listen address: `:8081` (all interfaces), `host:port`, or
@@ -261,6 +275,16 @@ mod tests {
         assert_eq!(parse_listen(":8081").unwrap(), Some("0.0.0.0:8081".parse().unwrap()));
         assert_eq!(parse_listen("127.0.0.1:0").unwrap(), Some("127.0.0.1:0".parse().unwrap()));
         assert!(parse_listen("nonsense").is_err());
+    }
+
+    #[test]
+    fn explicit_camera_flags_are_told_from_defaults() {
+        let given = parse(["streaming-server", "-config", "a.yml", "-shm", "/x"].map(OsString::from));
+        assert!(given.camera_flag_given);
+        assert_eq!(given.config.as_deref(), Some(std::path::Path::new("a.yml")));
+        let defaults = parse(["streaming-server", "-config", "a.yml", "-max-clients", "3"].map(OsString::from));
+        assert!(!defaults.camera_flag_given);
+        assert!(parse(["streaming-server", "-demo"].map(OsString::from)).camera_flag_given);
     }
 
     #[test]

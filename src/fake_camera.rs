@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::abi::{Layout, FORMAT_H264, MAX_FRAME_SIZE};
 use crate::clock::monotonic_now;
-use crate::h264::{nal_type, nal_unit_type, parse_sps, split_access_units, split_annexb};
-use crate::shm::{AttachError, Segment, WriteFrame};
+use crate::codec::h264::{nal_type, nal_unit_type, parse_sps, split_access_units, split_annexb};
 use crate::shutdown::Shutdown;
+use crate::source::ring::{AttachError, Segment, WriteFrame};
 
 /// The built-in demo clip: 6 s of 640x360 constrained-baseline H.264 at 30
 /// fps, an IDR every second, with a moving test pattern, a clock and a
@@ -127,7 +127,7 @@ pub fn run(options: &FakeCameraOptions, clip: &Clip, shutdown: &Shutdown) -> Res
     let mut frame_number: u64 = 0;
     let mut next_due = Instant::now();
     while options.frames.is_none_or(|limit| written < limit) && !shutdown.is_triggered() {
-        if options.restart_every.is_some_and(|n| n > 0 && written > 0 && written % n == 0) {
+        if options.restart_every.is_some_and(|n| n > 0 && written > 0 && written.is_multiple_of(n)) {
             log::info!("fake camera: restarting (unlink and recreate the segment)");
             drop(segment);
             Segment::unlink(&options.shm_name);
@@ -145,7 +145,7 @@ pub fn run(options: &FakeCameraOptions, clip: &Clip, shutdown: &Shutdown) -> Res
         });
         written += 1;
         frame_number += 1;
-        if let Some(every) = options.malformed_every.filter(|&n| n > 0 && written % n == 0) {
+        if let Some(every) = options.malformed_every.filter(|&n| n > 0 && written.is_multiple_of(n)) {
             let kind = MALFORMED_KINDS[((written / every - 1) % MALFORMED_KINDS.len() as u64) as usize];
             match kind {
                 "empty" => frame.data_size = 0,
@@ -161,7 +161,7 @@ pub fn run(options: &FakeCameraOptions, clip: &Clip, shutdown: &Shutdown) -> Res
             segment.write_frame(&frame, || {});
             frame_number += 1;
         }
-        if written % options.burst.max(1) == 0 {
+        if written.is_multiple_of(options.burst.max(1)) {
             next_due += interval * options.burst.max(1) as u32;
             let now = Instant::now();
             if next_due > now {

@@ -1,8 +1,8 @@
 //! `/health`: is the camera delivering, from snapshots only.
 //!
-//! In: the media thread's [`CameraStatus`](crate::shm::CameraStatus)
-//! atomics, the hub's parameter sets, the recorder's status copy, the viewer
-//! count, and a frame-rate sample taken about once a second by `main`
+//! In: a path's [`SourceStatus`](crate::stream::SourceStatus) atomics, the
+//! hub's parameter sets, the recorder's status copy, the viewer count, and
+//! a frame-rate sample per path taken about once a second by `main`
 //! ([`Health::tick`]). Out: a status code and JSON body. Nothing here waits
 //! on the media path.
 //!
@@ -13,17 +13,15 @@
 //! A recording that ended on an error does not make the server unhealthy
 //! (viewers still stream) but shows as `"error"`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::pipeline::Media;
-use crate::recorder::Recorder;
-
-/// No frame for this long and the camera counts as stalled.
-pub const STALL_AFTER: Duration = Duration::from_secs(3);
+use crate::recorder::RecordingStatus;
+use crate::stream::{Stream, STALL_AFTER};
 
 #[derive(Debug)]
 struct Rate {
@@ -31,11 +29,11 @@ struct Rate {
     fps: f64,
 }
 
-/// Health state kept between requests: start time and frame rate.
+/// Health state kept between requests: start time and each path's frame rate.
 #[derive(Debug)]
 pub struct Health {
     started: Instant,
-    rate: Mutex<Rate>,
+    rates: Mutex<HashMap<String, Rate>>,
 }
 
 impl Default for Health {
@@ -46,13 +44,14 @@ impl Default for Health {
 
 impl Health {
     pub fn new() -> Health {
-        Health { started: Instant::now(), rate: Mutex::new(Rate { last: None, fps: 0.0 }) }
+        Health { started: Instant::now(), rates: Mutex::new(HashMap::new()) }
     }
 
-    /// Samples the frames-read counter; call about once a second.
-    pub fn tick(&self, frames_read: u64) {
+    /// Samples a path's frames-read counter; call about once a second.
+    pub fn tick(&self, path: &str, frames_read: u64) {
         let now = Instant::now();
-        let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = rates.entry(path.to_string()).or_insert(Rate { last: None, fps: 0.0 });
         if let Some((then, frames)) = rate.last {
             let seconds = now.duration_since(then).as_secs_f64();
             if seconds > 0.0 {
@@ -62,17 +61,22 @@ impl Health {
         rate.last = Some((now, frames_read));
     }
 
-    /// Frames per second over the last tick interval.
-    pub fn fps(&self) -> f64 {
-        self.rate.lock().unwrap_or_else(|e| e.into_inner()).fps
+    /// A path's frames per second over the last tick interval.
+    pub fn fps(&self, path: &str) -> f64 {
+        self.rates.lock().unwrap_or_else(|e| e.into_inner()).get(path).map_or(0.0, |r| r.fps)
     }
 
-    /// The `/health` answer: status code and body.
-    pub fn report(&self, media: &Media, recorder: &Recorder, viewers: usize) -> (u16, Value) {
-        let camera = &media.camera;
-        let attached = camera.attached.load(Ordering::Relaxed);
-        let age = camera.last_frame_age();
-        let verdict = if media.fatal().is_some() {
+    /// Seconds since start.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The verdict for one path's stream: `ok`, `stalled`, `no_camera` or
+    /// `media_thread_died`.
+    pub fn verdict(stream: &Stream) -> &'static str {
+        let attached = stream.source.attached.load(Ordering::Relaxed);
+        let age = stream.source.last_frame_age();
+        if stream.fatal().is_some() {
             "media_thread_died"
         } else if !attached {
             "no_camera"
@@ -80,29 +84,37 @@ impl Health {
             "stalled"
         } else {
             "ok"
-        };
-        let recording = recorder.status();
-        let fps = if verdict == "ok" { (self.fps() * 10.0).round() / 10.0 } else { 0.0 };
+        }
+    }
+
+    /// The `/health` answer for one path (API.md's contract): status code
+    /// and body.
+    pub fn report(&self, stream: &Stream, recording: &RecordingStatus, viewers: usize) -> (u16, Value) {
+        let source = &stream.source;
+        let attached = source.attached.load(Ordering::Relaxed);
+        let age = source.last_frame_age();
+        let verdict = Health::verdict(stream);
+        let fps = if verdict == "ok" { (self.fps(&stream.name) * 10.0).round() / 10.0 } else { 0.0 };
         let mut body = json!({
             "status": verdict,
             "webrtc_clients": viewers,
             "recording": recording.recording,
-            "has_headers": media.hub.parameter_sets().is_some(),
+            "has_headers": stream.hub.parameter_sets().is_some(),
             "camera_attached": attached,
             "last_frame_age_ms": age.map(|a| a.as_millis() as u64),
             "fps": fps,
-            "frames_read": camera.frames_read.load(Ordering::Relaxed),
-            "width": camera.width.load(Ordering::Relaxed),
-            "height": camera.height.load(Ordering::Relaxed),
-            "camera_restarts": camera.restarts.load(Ordering::Relaxed),
+            "frames_read": source.frames_read.load(Ordering::Relaxed),
+            "width": source.width.load(Ordering::Relaxed),
+            "height": source.height.load(Ordering::Relaxed),
+            "camera_restarts": source.restarts.load(Ordering::Relaxed),
             // Pre-roll a recording or viewer would start with now.
-            "gop_cache_frames": media.hub.gop_cache_len(),
-            "uptime_s": self.started.elapsed().as_secs(),
+            "gop_cache_frames": stream.hub.gop_cache_len(),
+            "uptime_s": self.uptime_s(),
         });
-        if let Some(error) = recording.error {
+        if let Some(error) = &recording.error {
             body["error"] = json!(format!("recording: {error}"));
         }
-        if let Some(why) = media.fatal() {
+        if let Some(why) = stream.fatal() {
             body["error"] = json!(why);
         }
         (if verdict == "ok" { 200 } else { 503 }, body)
@@ -117,20 +129,22 @@ mod tests {
 
     #[test]
     fn no_camera_then_stalled_then_ok() {
-        let media = Media::new(Arc::new(Metrics::new()));
-        let dir = tempfile::tempdir().unwrap();
-        let recorder = Recorder::new(dir.path().to_path_buf(), media.clone());
+        let stream = Stream::new("cam", &Arc::new(Metrics::new()));
         let health = Health::new();
-        let (code, body) = health.report(&media, &recorder, 0);
+        let idle = RecordingStatus::default();
+        let (code, body) = health.report(&stream, &idle, 0);
         assert_eq!((code, body["status"].as_str()), (503, Some("no_camera")));
-        media.camera.attached.store(true, Ordering::Relaxed);
-        let (code, body) = health.report(&media, &recorder, 0);
+        stream.source.attached.store(true, Ordering::Relaxed);
+        let (code, body) = health.report(&stream, &idle, 0);
         assert_eq!((code, body["status"].as_str()), (503, Some("stalled")));
         assert!(body["last_frame_age_ms"].is_null());
-        let now = crate::clock::monotonic_now().as_nanos() as u64;
-        media.camera.last_frame_read_ns.store(now, Ordering::Relaxed);
-        let (code, body) = health.report(&media, &recorder, 2);
+        stream.source.frame_arrived(1, 640, 360, 0);
+        let (code, body) = health.report(&stream, &idle, 2);
         assert_eq!((code, body["status"].as_str(), body["webrtc_clients"].as_u64()), (200, Some("ok"), Some(2)));
         assert_eq!(body["has_headers"], json!(false));
+        let _ = stream.fatal.set("media thread died: test".into());
+        let (code, body) = health.report(&stream, &idle, 2);
+        assert_eq!((code, body["status"].as_str()), (503, Some("media_thread_died")));
+        assert_eq!(body["error"], "media thread died: test");
     }
 }

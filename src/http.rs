@@ -755,6 +755,7 @@ fn reason(status: u16) -> &'static str {
         204 => "No Content",
         206 => "Partial Content",
         304 => "Not Modified",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

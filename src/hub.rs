@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus::IntCounter;
 
-use crate::h264::{AccessUnit, ParameterSets};
+use crate::codec::h264::{AccessUnit, ParameterSets};
 
 /// Frames kept for a new consumer at most: a camera with a very long GOP
 /// must not make the cache grow without bound.

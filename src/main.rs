@@ -6,17 +6,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use streaming_server::abi::Layout;
 use streaming_server::cli::{self, Args, Command, FakeCameraArgs, LoadClientArgs};
-use streaming_server::fake_camera::{self, Clip, FakeCameraOptions, DEMO_CLIP};
+use streaming_server::fake_camera::{self, Clip, DEMO_CLIP};
 use streaming_server::metrics::Metrics;
-use streaming_server::pipeline::{self, Media};
-use streaming_server::recorder::{self, Recorder, RecorderConfig};
-use streaming_server::shm::ReaderConfig;
+use streaming_server::paths::Paths;
+use streaming_server::recorder;
 use streaming_server::shutdown::{self, Trigger};
 use streaming_server::systemd;
-use streaming_server::webrtc::{self, Viewers, WebrtcConfig};
-use streaming_server::{control, health::Health, load_client, profiling};
+use streaming_server::tasks::TaskSet;
+use streaming_server::webrtc::{self, WebrtcConfig};
+use streaming_server::{config, control, health::Health, load_client, profiling};
 
 fn main() -> ExitCode {
     let args = cli::parse(std::env::args_os());
@@ -120,14 +119,25 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
 }
 
 fn serve(args: &Args) -> Result<(), String> {
-    let layout = Layout::new(args.time_bits);
     let (trigger, shutdown) = shutdown::channel();
     let trigger = Arc::new(trigger);
     handle_signals(trigger.clone())?;
+    let flags = config::FlagDefaults {
+        shm: args.shm.clone(),
+        time_bits: args.time_bits,
+        demo: args.demo,
+        camera_flag_given: args.camera_flag_given,
+        record_path: args.record_path.clone(),
+        record_segment: recorder::parse_duration(&args.record_segment)?,
+        record_max_bytes: recorder::parse_size(&args.record_max_bytes)?,
+        record_min_free: recorder::parse_size(&args.record_min_free)?,
+        max_clients: args.max_clients,
+    };
+    let configs = config::load(args.config.as_deref(), &flags).map_err(|e| format!("config: {e}"))?;
     let metrics = Arc::new(Metrics::new());
-    let media = Media::new(metrics);
-    // One runtime for viewers and every listener: nothing on it blocks
-    // (recorder syncs and profiles go to its blocking pool).
+    // One runtime for viewers, sources and every listener: nothing on it
+    // blocks (recorder syncs and profiles go to its blocking pool; a ring's
+    // media thread is a thread of its own).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("runtime")
@@ -135,112 +145,104 @@ fn serve(args: &Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
 
-    // Recorder, viewers and the three listeners (control, metrics, pprof),
-    // bound before any camera is started: a port in use ends the start-up
-    // here, with nothing left behind.
+    // Paths and the three listeners (control, metrics, pprof), bound before
+    // any source starts: a port in use ends the start-up here, with nothing
+    // left behind.
     let health = Arc::new(Health::new());
-    let recorder_config = RecorderConfig {
-        dir: args.record_path.clone(),
-        segment: recorder::parse_duration(&args.record_segment)?,
-        max_bytes: recorder::parse_size(&args.record_max_bytes)?,
-        min_free: recorder::parse_size(&args.record_min_free)?,
-    };
-    let recorder = Recorder::with_config(recorder_config, media.clone());
     let mut webrtc_config = WebrtcConfig::new(args.max_clients);
     webrtc_config.stun = webrtc::parse_stun(&args.stun);
     webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
     webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
-    let viewers = Viewers::new(webrtc_config, media.clone(), shutdown.clone(), runtime.handle().clone())?;
-    let listeners = start_listeners(args, &media, &recorder, &viewers, &health, &shutdown, runtime.handle())?;
+    let paths = Arc::new(Paths::new(configs, &metrics, &webrtc_config, runtime.handle(), &shutdown)?);
+    let listeners = start_listeners(args, &metrics, &paths, &health, &shutdown, runtime.handle())?;
 
-    let mut shm_name = args.shm.clone();
-    let mut demo_camera = None;
-    if args.demo {
-        shm_name = format!("/streaming_server_demo_{}", std::process::id());
-        let options = FakeCameraOptions::new(&shm_name, layout);
-        let clip = load_clip(None)?;
-        let stop = shutdown.clone();
-        demo_camera = Some(
-            std::thread::Builder::new()
-                .name("demo-camera".into())
-                .spawn(move || {
-                    if let Err(error) = fake_camera::run(&options, &clip, &stop) {
-                        log::error!("demo camera: {error}");
-                    }
-                })
-                .map_err(|e| e.to_string())?,
-        );
-        // The reader attaches at its first try then, without a "waiting for
-        // the camera" line for the normal start.
-        wait_for_segment(&shm_name, Duration::from_secs(2));
-    }
-
-    let config = ReaderConfig { name: shm_name, layout };
-    let media_thread = pipeline::spawn(config.clone(), media.clone(), shutdown.clone()).map_err(|e| e.to_string())?;
-    // systemd Type=notify: a watchdog fed by the media path (only when the
-    // unit sets WatchdogSec) and READY below.
+    let sources = TaskSet::new();
+    paths.start_sources(runtime.handle(), &sources, &shutdown);
+    // systemd Type=notify: a watchdog fed by the ring paths' media threads
+    // (only when the unit sets WatchdogSec) and READY below.
     let notifier = systemd::Notifier::from_env();
-    let watchdog = systemd::spawn_watchdog(&notifier, &media, &config, shutdown.clone()).map_err(|e| e.to_string())?;
+    let rings: Vec<_> = paths
+        .iter()
+        .filter_map(|p| streaming_server::source::ring_config(&p.config).map(|c| (p.stream.clone(), c)))
+        .collect();
+    let watchdog = systemd::spawn_watchdog(&notifier, rings, shutdown.clone()).map_err(|e| e.to_string())?;
 
     // Keep READY after every listener is bound: systemd starts dependants then.
-    notifier.ready(&format!("serving camera segment {}", config.name));
-    let mut last_read = 0;
+    let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+    notifier.ready(&format!("serving {}", names.join(", ")));
+    let mut last_read: Vec<u64> = paths.iter().map(|_| 0).collect();
     let mut seconds = 0u64;
     let mut fatal = None;
     while !shutdown.wait_timeout(Duration::from_secs(1)) {
-        if let Some(why) = media.fatal() {
-            fatal = Some(why.to_string());
+        if let Some((name, why)) = paths.iter().find_map(|p| p.stream.fatal().map(|why| (p.name(), why))) {
+            fatal = Some(format!("{name}: {why}"));
             trigger.trigger();
             break;
         }
-        let read = media.camera.frames_read.load(Ordering::Relaxed);
-        health.tick(read);
+        for path in paths.iter() {
+            health.tick(path.name(), path.stream.source.frames_read.load(Ordering::Relaxed));
+        }
         seconds += 1;
-        if seconds % 5 != 0 {
+        if !seconds.is_multiple_of(5) {
             continue;
         }
         release_free_heap();
-        log::info!(
-            "camera: {:.1} fps, {} frames read, {} dropped, {} read errors, {} process errors, GOP cache {} frames",
-            (read - last_read) as f64 / 5.0,
-            read,
-            media.metrics.frames_dropped.get(),
-            media.metrics.read_errors.get(),
-            media.metrics.process_errors.get(),
-            media.hub.gop_cache_len()
-        );
-        last_read = read;
+        for (path, last) in paths.iter().zip(last_read.iter_mut()) {
+            let read = path.stream.source.frames_read.load(Ordering::Relaxed);
+            if path.stream.source.running.load(Ordering::Relaxed) {
+                let m = &path.stream.metrics;
+                log::info!(
+                    "{}: {:.1} fps, {} frames read, {} dropped, {} read errors, {} process errors, GOP cache {} frames",
+                    path.name(),
+                    (read - *last) as f64 / 5.0,
+                    read,
+                    m.frames_dropped.get(),
+                    m.read_errors.get(),
+                    m.process_errors.get(),
+                    path.stream.hub.gop_cache_len()
+                );
+            }
+            *last = read;
+        }
     }
 
     notifier.stopping();
     let started = std::time::Instant::now();
-    // Order: the recording is finished first and in parallel (its disk may
-    // be slow: bounded by recorder::SHUTDOWN_STOP_TIMEOUT); meanwhile stop
-    // taking requests (in-flight ones get a short grace) and close viewers;
-    // then stop reading shm, then the demo camera that feeds it.
-    let closing = {
-        let recorder = recorder.clone();
-        std::thread::Builder::new().name("recorder-stop".into()).spawn(move || recorder.shutdown())
-    };
+    // Order: the recordings are finished first and in parallel (a disk may
+    // be slow: each bounded by recorder::SHUTDOWN_STOP_TIMEOUT); meanwhile
+    // stop taking requests (in-flight ones get a short grace) and close
+    // viewers; then the sources (media threads, RTSP sessions, demo
+    // cameras) end, within the reader's 100 ms wait.
+    let closing: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let recorder = p.recorder.clone();
+            std::thread::Builder::new().name("recorder-stop".into()).spawn(move || recorder.shutdown())
+        })
+        .collect();
     let grace = std::time::Instant::now() + Duration::from_millis(300);
     for listener in listeners {
         listener.stop(grace.saturating_duration_since(std::time::Instant::now()));
     }
-    if !viewers.close_all(Duration::from_millis(500)) {
-        log::warn!("{} viewer tasks still closing at shutdown", viewers.live_tasks());
-    }
-    match closing {
-        Ok(thread) => {
-            let _ = thread.join();
+    let viewers_deadline = std::time::Instant::now() + Duration::from_millis(500);
+    for path in paths.iter() {
+        if !path.viewers.close_all(viewers_deadline.saturating_duration_since(std::time::Instant::now())) {
+            log::warn!("{}: {} viewer tasks still closing at shutdown", path.name(), path.viewers.live_tasks());
         }
-        Err(_) => recorder.shutdown(),
     }
-    let _ = media_thread.join();
+    for (path, thread) in paths.iter().zip(closing) {
+        match thread {
+            Ok(thread) => {
+                let _ = thread.join();
+            }
+            Err(_) => path.recorder.shutdown(),
+        }
+    }
+    if !sources.wait_empty(Duration::from_secs(1)) {
+        log::warn!("{} sources still stopping at shutdown", sources.len());
+    }
     if let Some(watchdog) = watchdog {
         let _ = watchdog.join();
-    }
-    if let Some(camera) = demo_camera {
-        let _ = camera.join();
     }
     runtime.shutdown_timeout(Duration::from_millis(200));
     log::info!("stopped in {} ms", started.elapsed().as_millis());
@@ -250,23 +252,12 @@ fn serve(args: &Args) -> Result<(), String> {
     }
 }
 
-/// Waits until the shared-memory segment `name` exists (the demo camera
-/// creates it right after start).
-fn wait_for_segment(name: &str, timeout: Duration) {
-    let path = std::path::Path::new("/dev/shm").join(name.trim_start_matches('/'));
-    let deadline = std::time::Instant::now() + timeout;
-    while !path.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Binds `-http`, `-metrics` and `-pprof` (an empty address turns the last
 /// two off) and registers the process metrics. A bind error names the flag.
 fn start_listeners(
     args: &Args,
-    media: &Media,
-    recorder: &Recorder,
-    viewers: &Viewers,
+    metrics: &Arc<Metrics>,
+    paths: &Arc<Paths>,
     health: &Arc<Health>,
     shutdown: &shutdown::Shutdown,
     runtime: &tokio::runtime::Handle,
@@ -277,15 +268,15 @@ fn start_listeners(
     let config = control::ControlConfig { cors_origins: control::parse_origins(&args.cors_origin), auth_token, limits };
     let mut listeners = Vec::new();
     let http = cli::parse_listen(&args.http)?.ok_or("-http must not be empty")?;
-    let control = control::Control::new(media.clone(), recorder.clone(), viewers.clone(), health.clone(), config);
+    let control = control::Control::new(paths.clone(), health.clone(), config);
     listeners.push(control.serve(http, runtime).map_err(|e| bind_error("http", &args.http, &e))?);
     if let Some(addr) = cli::parse_listen(&args.metrics)? {
         // CPU, RSS, fds and threads of this process, read from /proc at scrape time.
         let process = prometheus::process_collector::ProcessCollector::for_self();
-        if let Err(e) = media.metrics.registry.register(Box::new(process)) {
+        if let Err(e) = metrics.registry.register(Box::new(process)) {
             log::warn!("process metrics: {e}");
         }
-        let listener = control::serve_metrics(addr, media.metrics.clone(), limits, runtime)
+        let listener = control::serve_metrics(addr, metrics.clone(), limits, runtime)
             .map_err(|e| bind_error("metrics", &args.metrics, &e))?;
         listeners.push(listener);
     }

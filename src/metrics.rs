@@ -1,45 +1,70 @@
-//! Prometheus metrics: the names `../shared/API.md` promises, in one registry.
+//! Prometheus metrics: every stream metric per path, and the names
+//! `../shared/API.md` promises for the legacy path.
 //!
-//! Stages hold an `Arc<Metrics>` and bump counters (one atomic add each);
-//! nothing here does I/O or takes a lock on the media path. The `/metrics`
-//! listener only encodes the registry.
+//! The rule: each stream metric is registered once as
+//! `streaming_path_NAME{path="..."}` (plus its own labels); `/metrics` also
+//! shows it as the unlabelled `streaming_NAME` of API.md for the legacy path
+//! (`cam`, or the first path when there is no `cam`), derived at scrape
+//! time. So `streaming_frames_read_total` keeps its meaning for dashboards
+//! built for one camera, and `streaming_path_frames_read_total{path="day"}`
+//! is the day camera's.
+//!
+//! Stages hold a [`StreamMetrics`] (handles already bound to their path) and
+//! bump counters (one atomic add each); nothing here does I/O or takes a
+//! lock on the media path. The `/metrics` listener only encodes.
 
+use std::sync::{Arc, Mutex};
+
+use prometheus::proto::{LabelPair, MetricFamily};
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Every metric the streamer exports.
+/// The per-path families, registered once.
 #[derive(Clone, Debug)]
+struct Families {
+    counters: Vec<(&'static str, IntCounterVec)>,
+    gauges: Vec<(&'static str, IntGaugeVec)>,
+    histograms: Vec<(&'static str, HistogramVec)>,
+}
+
+/// The process's registry and its per-path families.
+#[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
-    /// Frames copied out of shared memory intact.
+    families: Families,
+    /// The path whose series also appear under API.md's unlabelled names.
+    legacy: Mutex<String>,
+}
+
+/// One path's metrics: handles bound to `path="NAME"`.
+#[derive(Clone, Debug)]
+pub struct StreamMetrics {
+    pub path: String,
+    /// Frames the source delivered intact (read out of shared memory, or
+    /// received whole over RTSP).
     pub frames_read: IntCounter,
-    /// Frames the H.264 processor accepted and handed to the hub.
+    /// Frames the codec processor accepted and handed to the hub.
     pub frames_processed: IntCounter,
-    /// Frames lost before the hub: reader overruns, torn slots, gaps.
+    /// Frames lost before the hub: reader overruns, torn slots, RTP loss.
     pub frames_dropped: IntCounter,
-    /// Malformed frames from shared memory.
+    /// Malformed frames from the source.
     pub read_errors: IntCounter,
-    /// Frames the H.264 processor refused.
+    /// Frames the codec processor refused.
     pub process_errors: IntCounter,
-    /// Both of the above by stage (`read`, `process`) and reason; the two
-    /// counters above stay unlabelled because dashboards sum them as is.
-    pub frame_errors: IntCounterVec,
-    /// Gaps in the camera stream (overrun, camera restart), by reason.
-    pub stream_gaps: IntCounterVec,
-    /// Frames a hub consumer lost because its queue was full (or while it
-    /// waited for the next IDR after that), by consumer kind.
-    pub consumer_frames_dropped: IntCounterVec,
+    frame_errors: IntCounterVec,
+    stream_gaps: IntCounterVec,
+    consumer_frames_dropped: IntCounterVec,
     pub webrtc_frames_sent: IntCounter,
     pub webrtc_frames_dropped: IntCounter,
     pub webrtc_errors: IntCounter,
-    /// Capture (daemon's CLOCK_MONOTONIC stamp) to frame available in the hub.
+    /// Capture to frame available in the hub.
     pub frame_latency_ms: Histogram,
-    /// Time spent in the H.264 processor and hub per frame.
+    /// Time spent in the codec processor and hub per frame.
     pub process_latency_ms: Histogram,
-    /// Capture (CLOCK_MONOTONIC) to the last packet of a live frame handed to
-    /// a viewer's connection, per viewer and frame.
+    /// Capture to the last packet of a live frame handed to a viewer's
+    /// connection, per viewer and frame.
     pub capture_to_sent_ms: Histogram,
     pub webrtc_buffer_usage_percent: IntGauge,
     pub recorder_buffer_usage_percent: IntGauge,
@@ -48,136 +73,259 @@ pub struct Metrics {
     pub recording_active: IntGauge,
     pub recording_bytes: IntGauge,
     pub recording_frames: IntGauge,
-    /// 1 while the camera's segment is mapped.
+    /// 1 while the source delivers (segment mapped, RTSP session playing).
     pub camera_attached: IntGauge,
     pub camera_restarts: IntCounter,
-    /// From viewers' RTCP receiver reports (sampled every 2 s per viewer).
     pub webrtc_rtt_ms: Histogram,
     pub webrtc_jitter_ms: Histogram,
     pub webrtc_packets_lost: IntCounter,
-    /// PLI/FIR received from viewers (each may restart that viewer from the
-    /// cached IDR, rate limited).
     pub webrtc_keyframe_requests: IntCounter,
+    recording_errors: IntCounterVec,
+    pub recordings: IntCounter,
+    pub recording_files_deleted: IntCounter,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("metric names are static and valid");
-    registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-    metric
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric names are static and valid");
-    registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-    metric
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("metric names are static and valid");
-    registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-    metric
-}
-
-fn latency_histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+fn latency_buckets() -> Vec<f64> {
     // 0.05 ms .. ~1.6 s, doubling.
-    let buckets = exponential_buckets(0.05, 2.0, 16).expect("static bucket layout is valid");
-    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("metric names are static and valid");
-    registry.register(Box::new(metric.clone())).expect("each metric is registered once");
-    metric
+    exponential_buckets(0.05, 2.0, 16).expect("static bucket layout is valid")
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let r = Registry::new();
-        Metrics {
-            frames_read: counter(&r, "streaming_frames_read_total", "Frames copied out of shared memory"),
-            frames_processed: counter(&r, "streaming_frames_processed_total", "Frames accepted by the H.264 processor"),
-            frames_dropped: counter(&r, "streaming_frames_dropped_total", "Camera frames lost before the hub"),
-            read_errors: counter(&r, "streaming_read_errors_total", "Malformed frames in shared memory"),
-            process_errors: counter(&r, "streaming_process_errors_total", "Frames refused by the H.264 processor"),
-            frame_errors: {
-                let opts = Opts::new("streaming_frame_errors_total", "Refused frames by stage and reason");
-                let metric = IntCounterVec::new(opts, &["stage", "reason"]).expect("static names are valid");
-                r.register(Box::new(metric.clone())).expect("each metric is registered once");
-                metric
-            },
-            stream_gaps: counter_vec(&r, "streaming_stream_gaps_total", "Gaps in the camera stream", "reason"),
-            consumer_frames_dropped: counter_vec(
-                &r,
-                "streaming_consumer_frames_dropped_total",
-                "Frames a slow consumer lost (queue full, then until the next IDR)",
-                "consumer",
-            ),
-            webrtc_frames_sent: counter(&r, "streaming_webrtc_frames_sent_total", "Frames sent to WebRTC viewers"),
-            webrtc_frames_dropped: counter(&r, "streaming_webrtc_frames_dropped_total", "Frames WebRTC viewers lost"),
-            webrtc_errors: counter(&r, "streaming_webrtc_errors_total", "WebRTC errors"),
-            frame_latency_ms: latency_histogram(
-                &r,
-                "streaming_frame_latency_ms",
-                "Capture (CLOCK_MONOTONIC) to frame available to consumers, ms",
-            ),
-            process_latency_ms: latency_histogram(
-                &r,
-                "streaming_process_latency_ms",
-                "H.264 processing and fan-out per frame, ms",
-            ),
-            capture_to_sent_ms: {
-                // Finer than the doubling layout around the 5 ms target.
-                let buckets = vec![0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0];
-                let opts = HistogramOpts::new(
-                    "streaming_capture_to_sent_ms",
+        let registry = Registry::new();
+        let counter = |name: &'static str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(format!("streaming_path_{name}"), help), labels)
+                .expect("metric names are static and valid");
+            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+            (name, metric)
+        };
+        let gauge = |name: &'static str, help: &str| {
+            let metric = IntGaugeVec::new(Opts::new(format!("streaming_path_{name}"), help), &["path"])
+                .expect("metric names are static and valid");
+            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+            (name, metric)
+        };
+        let histogram = |name: &'static str, help: &str, buckets: Vec<f64>| {
+            let opts = HistogramOpts::new(format!("streaming_path_{name}"), help).buckets(buckets);
+            let metric = HistogramVec::new(opts, &["path"]).expect("metric names are static and valid");
+            registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+            (name, metric)
+        };
+        let p = &["path"];
+        let families = Families {
+            counters: vec![
+                counter("frames_read_total", "Frames the source delivered intact", p),
+                counter("frames_processed_total", "Frames accepted by the codec processor", p),
+                counter("frames_dropped_total", "Frames lost before the hub", p),
+                counter("read_errors_total", "Malformed frames from the source", p),
+                counter("process_errors_total", "Frames refused by the codec processor", p),
+                counter("frame_errors_total", "Refused frames by stage and reason", &["path", "stage", "reason"]),
+                counter("stream_gaps_total", "Gaps in the stream, by reason", &["path", "reason"]),
+                counter(
+                    "consumer_frames_dropped_total",
+                    "Frames a slow consumer lost (queue full, then until the next IDR)",
+                    &["path", "consumer"],
+                ),
+                counter("webrtc_frames_sent_total", "Frames sent to WebRTC viewers", p),
+                counter("webrtc_frames_dropped_total", "Frames WebRTC viewers lost", p),
+                counter("webrtc_errors_total", "WebRTC errors", p),
+                counter("total_clients", "WebRTC viewers since start", p),
+                counter("camera_restarts_total", "Source re-attachments and reconnections", p),
+                counter("webrtc_packets_lost_total", "RTP packets viewers reported lost", p),
+                counter("webrtc_keyframe_requests_total", "PLI/FIR keyframe requests from viewers", p),
+                counter("recording_errors_total", "Recordings ended by an I/O error, by operation", &["path", "op"]),
+                counter("recordings_total", "Recordings started", p),
+                counter("recording_files_deleted_total", "Old recordings deleted by retention", p),
+            ],
+            gauges: vec![
+                gauge("webrtc_buffer_usage_percent", "Fullest WebRTC viewer queue, percent"),
+                gauge("recorder_buffer_usage_percent", "Recorder queue fill, percent"),
+                gauge("active_clients", "WebRTC viewers connected now"),
+                gauge("recording_active", "1 while recording"),
+                gauge("recording_bytes", "Bytes written to the current recording"),
+                gauge("recording_frames", "Frames written to the current recording"),
+                gauge("camera_attached", "1 while the source delivers"),
+            ],
+            histograms: vec![
+                histogram(
+                    "frame_latency_ms",
+                    "Capture (CLOCK_MONOTONIC) to frame available to consumers, ms",
+                    latency_buckets(),
+                ),
+                histogram("process_latency_ms", "Codec processing and fan-out per frame, ms", latency_buckets()),
+                histogram(
+                    "capture_to_sent_ms",
                     "Capture (CLOCK_MONOTONIC) to the last packet of a live frame handed to a viewer's connection, ms",
-                );
-                let metric = Histogram::with_opts(opts.buckets(buckets)).expect("static bucket layout is valid");
-                r.register(Box::new(metric.clone())).expect("each metric is registered once");
-                metric
-            },
-            webrtc_buffer_usage_percent: gauge(
-                &r,
-                "streaming_webrtc_buffer_usage_percent",
-                "Fullest WebRTC viewer queue, percent",
-            ),
-            recorder_buffer_usage_percent: gauge(
-                &r,
-                "streaming_recorder_buffer_usage_percent",
-                "Recorder queue fill, percent",
-            ),
-            active_clients: gauge(&r, "streaming_active_clients", "WebRTC viewers connected now"),
-            total_clients: counter(&r, "streaming_total_clients", "WebRTC viewers since start"),
-            recording_active: gauge(&r, "streaming_recording_active", "1 while recording"),
-            recording_bytes: gauge(&r, "streaming_recording_bytes", "Bytes written to the current recording"),
-            recording_frames: gauge(&r, "streaming_recording_frames", "Frames written to the current recording"),
-            camera_attached: gauge(&r, "streaming_camera_attached", "1 while the camera's segment is mapped"),
-            camera_restarts: counter(&r, "streaming_camera_restarts_total", "Camera segment re-attachments"),
-            webrtc_rtt_ms: latency_histogram(&r, "streaming_webrtc_rtt_ms", "Viewer round-trip time from RTCP, ms"),
-            webrtc_jitter_ms: latency_histogram(&r, "streaming_webrtc_jitter_ms", "Viewer interarrival jitter, ms"),
-            webrtc_packets_lost: counter(
-                &r,
-                "streaming_webrtc_packets_lost_total",
-                "RTP packets viewers reported lost",
-            ),
-            webrtc_keyframe_requests: counter(
-                &r,
-                "streaming_webrtc_keyframe_requests_total",
-                "PLI/FIR keyframe requests from viewers",
-            ),
-            registry: r,
-        }
+                    // Finer than the doubling layout around the 5 ms target.
+                    vec![0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0],
+                ),
+                histogram("webrtc_rtt_ms", "Viewer round-trip time from RTCP, ms", latency_buckets()),
+                histogram("webrtc_jitter_ms", "Viewer interarrival jitter, ms", latency_buckets()),
+            ],
+        };
+        Metrics { registry, families, legacy: Mutex::new(crate::config::LEGACY_PATH.to_string()) }
     }
 
-    /// The registry in Prometheus text format.
+    /// Sets the path whose series also appear under the unlabelled names.
+    pub fn set_legacy_path(&self, path: &str) {
+        *self.legacy.lock().unwrap_or_else(|e| e.into_inner()) = path.to_string();
+    }
+
+    fn counter(&self, name: &str) -> &IntCounterVec {
+        // Names are the static ones registered in `new`.
+        &self.families.counters.iter().find(|(n, _)| *n == name).expect("a registered counter").1
+    }
+
+    fn gauge(&self, name: &str) -> &IntGaugeVec {
+        &self.families.gauges.iter().find(|(n, _)| *n == name).expect("a registered gauge").1
+    }
+
+    fn histogram(&self, name: &str) -> &HistogramVec {
+        &self.families.histograms.iter().find(|(n, _)| *n == name).expect("a registered histogram").1
+    }
+
+    /// The handles of one path (cheap: each is an `Arc`).
+    pub fn stream(self: &Arc<Self>, path: &str) -> StreamMetrics {
+        let c = |name: &str| self.counter(name).with_label_values(&[path]);
+        let g = |name: &str| self.gauge(name).with_label_values(&[path]);
+        let h = |name: &str| self.histogram(name).with_label_values(&[path]);
+        let metrics = StreamMetrics {
+            path: path.to_string(),
+            frames_read: c("frames_read_total"),
+            frames_processed: c("frames_processed_total"),
+            frames_dropped: c("frames_dropped_total"),
+            read_errors: c("read_errors_total"),
+            process_errors: c("process_errors_total"),
+            frame_errors: self.counter("frame_errors_total").clone(),
+            stream_gaps: self.counter("stream_gaps_total").clone(),
+            consumer_frames_dropped: self.counter("consumer_frames_dropped_total").clone(),
+            webrtc_frames_sent: c("webrtc_frames_sent_total"),
+            webrtc_frames_dropped: c("webrtc_frames_dropped_total"),
+            webrtc_errors: c("webrtc_errors_total"),
+            frame_latency_ms: h("frame_latency_ms"),
+            process_latency_ms: h("process_latency_ms"),
+            capture_to_sent_ms: h("capture_to_sent_ms"),
+            webrtc_buffer_usage_percent: g("webrtc_buffer_usage_percent"),
+            recorder_buffer_usage_percent: g("recorder_buffer_usage_percent"),
+            active_clients: g("active_clients"),
+            total_clients: c("total_clients"),
+            recording_active: g("recording_active"),
+            recording_bytes: g("recording_bytes"),
+            recording_frames: g("recording_frames"),
+            camera_attached: g("camera_attached"),
+            camera_restarts: c("camera_restarts_total"),
+            webrtc_rtt_ms: h("webrtc_rtt_ms"),
+            webrtc_jitter_ms: h("webrtc_jitter_ms"),
+            webrtc_packets_lost: c("webrtc_packets_lost_total"),
+            webrtc_keyframe_requests: c("webrtc_keyframe_requests_total"),
+            recording_errors: self.counter("recording_errors_total").clone(),
+            recordings: c("recordings_total"),
+            recording_files_deleted: c("recording_files_deleted_total"),
+        };
+        // Export zeros from the start, so dashboards and alerts see the series.
+        for op in ["write", "fdatasync", "fsync", "fsync directory", "create"] {
+            metrics.recording_errors.with_label_values(&[path, op]);
+        }
+        metrics.consumer_frames_dropped.with_label_values(&[path, "recorder"]);
+        metrics
+    }
+
+    /// The registry in Prometheus text format, with the legacy path's
+    /// series also under API.md's unlabelled names.
     pub fn encode(&self) -> String {
+        let legacy = self.legacy.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut families = self.registry.gather();
+        families.retain(|family| !family.get_metric().is_empty());
+        let derived: Vec<MetricFamily> = families.iter().filter_map(|family| legacy_twin(family, &legacy)).collect();
+        families.extend(derived);
+        families.sort_by(|a, b| a.get_name().cmp(b.get_name()));
         let mut out = Vec::new();
-        let encoder = TextEncoder::new();
-        // Encoding into a Vec cannot fail for well-formed registered metrics.
-        let _ = encoder.encode(&self.registry.gather(), &mut out);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// `streaming_path_X{path=legacy,...}` as `streaming_X{...}`.
+fn legacy_twin(family: &MetricFamily, legacy: &str) -> Option<MetricFamily> {
+    let rest = family.get_name().strip_prefix("streaming_path_")?;
+    let mut twin = family.clone();
+    twin.set_name(format!("streaming_{rest}"));
+    let metrics: Vec<_> = family
+        .get_metric()
+        .iter()
+        .filter(|m| m.get_label().iter().any(|l| l.get_name() == "path" && l.get_value() == legacy))
+        .map(|m| {
+            let mut m = m.clone();
+            let labels: Vec<LabelPair> = m.get_label().iter().filter(|l| l.get_name() != "path").cloned().collect();
+            m.set_label(labels);
+            m
+        })
+        .collect();
+    // An empty family would stop the text encoder: leave it out.
+    if metrics.is_empty() {
+        return None;
+    }
+    twin.set_metric(metrics);
+    Some(twin)
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+impl StreamMetrics {
+    /// A frame refused at `stage` (`read`, `process`) for `reason`.
+    pub fn frame_error(&self, stage: &str, reason: &str) {
+        self.frame_errors.with_label_values(&[&self.path, stage, reason]).inc();
+    }
+
+    /// A gap in the stream, by reason.
+    pub fn gap(&self, reason: &str) {
+        self.stream_gaps.with_label_values(&[&self.path, reason]).inc();
+    }
+
+    /// The frames-lost counter of one kind of consumer (`recorder`, ...).
+    pub fn consumer_dropped(&self, consumer: &str) -> IntCounter {
+        self.consumer_frames_dropped.with_label_values(&[&self.path, consumer])
+    }
+
+    /// A recording ended by an I/O error in `op`.
+    pub fn recording_error(&self, op: &str) {
+        self.recording_errors.with_label_values(&[&self.path, op]).inc();
+    }
+
+    /// The frame-errors count of one stage and reason (tests, `/health`).
+    pub fn frame_errors(&self, stage: &str, reason: &str) -> u64 {
+        self.frame_errors.with_label_values(&[&self.path, stage, reason]).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_metric_has_a_legacy_twin_for_the_legacy_path_only() {
+        let metrics = Arc::new(Metrics::new());
+        let cam = metrics.stream("cam");
+        let day = metrics.stream("day");
+        cam.frames_read.inc_by(5);
+        day.frames_read.inc_by(7);
+        cam.frame_error("read", "empty");
+        cam.frame_latency_ms.observe(1.0);
+        let text = metrics.encode();
+        assert!(text.contains("\nstreaming_frames_read_total 5\n"), "{text}");
+        assert!(text.contains("streaming_path_frames_read_total{path=\"cam\"} 5"), "{text}");
+        assert!(text.contains("streaming_path_frames_read_total{path=\"day\"} 7"), "{text}");
+        assert!(text.contains("streaming_frame_errors_total{reason=\"empty\",stage=\"read\"} 1"), "{text}");
+        assert!(text.contains("streaming_frame_latency_ms_count 1"), "{text}");
+        assert!(!text.contains("streaming_frames_read_total 7"), "{text}");
+        assert_eq!(text.matches("# TYPE streaming_frames_read_total counter").count(), 1);
+        metrics.set_legacy_path("day");
+        let text = metrics.encode();
+        assert!(text.contains("\nstreaming_frames_read_total 7\n"), "{text}");
     }
 }

@@ -44,12 +44,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::Serialize;
 
-use crate::h264::AccessUnit;
+use crate::codec::h264::AccessUnit;
 use crate::hub::{ConsumerStats, QueueBudget, Queued, StartAt, SubscribeOptions, Subscription};
-use crate::pipeline::Media;
+use crate::stream::Stream;
 
 /// Data reaches the disk at least this often while recording.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -189,41 +188,6 @@ pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
     Ok((bytes > 0).then_some(bytes))
 }
 
-/// Counters the recorder adds to the shared registry.
-#[derive(Clone, Debug)]
-struct RecorderMetrics {
-    errors: IntCounterVec,
-    recordings: IntCounter,
-    dropped: IntCounter,
-    deleted: IntCounter,
-}
-
-impl RecorderMetrics {
-    fn register(media: &Media) -> RecorderMetrics {
-        let registry = &media.metrics.registry;
-        // Static names and labels: construction cannot fail. Registering
-        // can, when a second Recorder shares one registry (tests); the
-        // metrics then still count, unexported.
-        let errors = IntCounterVec::new(
-            Opts::new("streaming_recording_errors_total", "Recordings ended by an I/O error, by operation"),
-            &["op"],
-        )
-        .expect("static metric");
-        let recordings = IntCounter::new("streaming_recordings_total", "Recordings started").expect("static metric");
-        let deleted = IntCounter::new("streaming_recording_files_deleted_total", "Old recordings deleted by retention")
-            .expect("static metric");
-        let _ = registry.register(Box::new(deleted.clone()));
-        // Export zeros from the start, so dashboards and alerts see the series.
-        for op in ["write", "fdatasync", "fsync", "fsync directory", "create"] {
-            errors.with_label_values(&[op]);
-        }
-        let _ = registry.register(Box::new(errors.clone()));
-        let _ = registry.register(Box::new(recordings.clone()));
-        let dropped = media.metrics.consumer_frames_dropped.with_label_values(&["recorder"]);
-        RecorderMetrics { errors, recordings, dropped, deleted }
-    }
-}
-
 /// One recording's status, owned by that recording: only its writer
 /// thread updates it, so a writer that outlives its `/stop` can never touch
 /// the next recording's figures.
@@ -289,8 +253,7 @@ enum Phase {
 struct Inner {
     dir: PathBuf,
     config: RecorderConfig,
-    media: Media,
-    metrics: RecorderMetrics,
+    stream: Stream,
     /// Serialises start and stop. Held while a file is created, never while
     /// waiting for a writer's syncs, never by the writer thread.
     phase: Mutex<Phase>,
@@ -324,19 +287,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Recorder {
     /// A recorder writing one file per recording into `dir`.
-    pub fn new(dir: PathBuf, media: Media) -> Recorder {
-        Recorder::with_config(RecorderConfig::new(dir), media)
+    pub fn new(dir: PathBuf, stream: Stream) -> Recorder {
+        Recorder::with_config(RecorderConfig::new(dir), stream)
     }
 
     /// A recorder as `config` says.
-    pub fn with_config(config: RecorderConfig, media: Media) -> Recorder {
-        let metrics = RecorderMetrics::register(&media);
+    pub fn with_config(config: RecorderConfig, stream: Stream) -> Recorder {
         Recorder {
             inner: Arc::new(Inner {
                 dir: config.dir.clone(),
                 config,
-                media,
-                metrics,
+                stream,
                 phase: Mutex::new(Phase::Idle),
                 current: Mutex::new(Arc::new(Recording::default())),
                 next_id: std::sync::atomic::AtomicU64::new(1),
@@ -387,11 +348,11 @@ impl Recorder {
         // Make the new name durable before any data: a crash then leaves a
         // (possibly empty) file rather than data with no name.
         sync_dir(&inner.dir).map_err(|e| RecorderError::Io(format!("fsync {}: {e}", inner.dir.display())))?;
-        let subscription = inner.media.hub.subscribe(SubscribeOptions {
+        let subscription = inner.stream.hub.subscribe(SubscribeOptions {
             name: "recorder".into(),
             budget: QUEUE,
             start: StartAt::GopCache,
-            dropped_metric: Some(inner.metrics.dropped.clone()),
+            dropped_metric: Some(inner.stream.metrics.consumer_dropped("recorder")),
         });
         let recording = Arc::new(Recording {
             id: inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -411,6 +372,7 @@ impl Recorder {
         let writer_path = inner.dir.join(&name);
         let mut writer = Writer {
             inner: inner.clone(),
+            _demand: inner.stream.demand.hold(),
             recording: recording.clone(),
             file,
             path: writer_path.clone(),
@@ -441,10 +403,10 @@ impl Recorder {
         };
         *lock(&inner.current) = recording.clone();
         *phase = Phase::Recording(Writing { recording: recording.clone(), commands, thread });
-        inner.metrics.recordings.inc();
-        inner.media.metrics.recording_active.set(1);
-        inner.media.metrics.recording_bytes.set(0);
-        inner.media.metrics.recording_frames.set(0);
+        inner.stream.metrics.recordings.inc();
+        inner.stream.metrics.recording_active.set(1);
+        inner.stream.metrics.recording_bytes.set(0);
+        inner.stream.metrics.recording_frames.set(0);
         log::info!("recording: started {}", writer_path.display());
         drop(phase);
         Ok(recording.status())
@@ -555,6 +517,8 @@ fn log_abandoned(recording: &Recording) {
 /// The writer thread's state: owns the file and the subscription.
 struct Writer {
     inner: Arc<Inner>,
+    /// Keeps an on-demand source running while this recording lasts.
+    _demand: crate::stream::DemandGuard,
     /// This recording's status, which only this writer updates.
     recording: Arc<Recording>,
     file: File,
@@ -697,7 +661,7 @@ impl Writer {
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     log::info!("recording: retention deleted {} ({size} bytes)", path.display());
-                    self.inner.metrics.deleted.inc();
+                    self.inner.stream.metrics.recording_files_deleted.inc();
                     total = total.saturating_sub(size);
                 }
                 Err(e) => log::warn!("recording: retention cannot delete {}: {e}", path.display()),
@@ -719,7 +683,7 @@ impl Writer {
             // newer recording now.
             return;
         }
-        let metrics = &self.inner.media.metrics;
+        let metrics = &self.inner.stream.metrics;
         metrics.recording_bytes.set(self.bytes as i64);
         metrics.recording_frames.set(self.frames as i64);
         metrics.recorder_buffer_usage_percent.set(self.subscription.usage_percent());
@@ -767,7 +731,7 @@ impl Writer {
         }
         let _ = self.file.sync_all();
         let _ = sync_dir(&self.inner.dir);
-        self.inner.metrics.errors.with_label_values(&[op]).inc();
+        self.inner.stream.metrics.recording_error(op);
         self.end(Some(message.clone()));
         message
     }
@@ -785,7 +749,7 @@ impl Writer {
         if !self.inner.is_current(&self.recording) {
             return;
         }
-        let metrics = &self.inner.media.metrics;
+        let metrics = &self.inner.stream.metrics;
         metrics.recording_active.set(0);
         metrics.recorder_buffer_usage_percent.set(0);
     }
@@ -967,18 +931,18 @@ mod tests {
     #[test]
     fn stop_while_idle_and_start_twice_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let media = Media::new(Arc::new(Metrics::new()));
-        let recorder = Recorder::new(dir.path().join("rec"), media.clone());
+        let stream = Stream::new("cam", &Arc::new(Metrics::new()));
+        let recorder = Recorder::new(dir.path().join("rec"), stream.clone());
         assert_eq!(recorder.stop(), Err(RecorderError::NotRecording));
         let status = recorder.start().unwrap();
         assert!(status.recording);
         assert_eq!(recorder.start(), Err(RecorderError::AlreadyRecording));
-        assert_eq!(media.metrics.recording_active.get(), 1);
+        assert_eq!(stream.metrics.recording_active.get(), 1);
         let stopped = recorder.stop().unwrap();
         assert!(!stopped.recording);
         assert_eq!(stopped.bytes_written, 0);
         assert_eq!(std::fs::metadata(dir.path().join("rec").join(&stopped.filename)).unwrap().len(), 0);
-        assert_eq!(media.metrics.recording_active.get(), 0);
+        assert_eq!(stream.metrics.recording_active.get(), 0);
         recorder.shutdown();
         assert_eq!(recorder.start(), Err(RecorderError::ShuttingDown));
     }

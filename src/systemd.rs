@@ -39,10 +39,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::pipeline::Media;
 use crate::ratelimit::RateLimiter;
-use crate::shm::{ReaderConfig, Segment};
 use crate::shutdown::Shutdown;
+use crate::source::ring::{ReaderConfig, Segment};
+use crate::stream::Stream;
 use crate::warn_limited;
 
 /// Frames the camera must write within one interval, while the media
@@ -234,9 +234,10 @@ impl Judge {
     }
 }
 
-/// Samples the media path and the camera segment named in `config`.
-pub fn sample(media: &Media, config: &ReaderConfig) -> Sample {
-    let frames_handled = media.camera.frames_read.load(Ordering::Relaxed).wrapping_add(media.metrics.read_errors.get());
+/// Samples one ring path's media thread and the camera segment it reads.
+pub fn sample(stream: &Stream, config: &ReaderConfig) -> Sample {
+    let frames_handled =
+        stream.source.frames_read.load(Ordering::Relaxed).wrapping_add(stream.metrics.read_errors.get());
     // Mapping without touching the pages costs a few page-table entries;
     // any error (missing, wrong size for the layout) means no camera to
     // compare with, and the reader reports those errors itself.
@@ -247,12 +248,12 @@ pub fn sample(media: &Media, config: &ReaderConfig) -> Sample {
 }
 
 /// Starts the watchdog thread if systemd asked for one (`$WATCHDOG_USEC`);
-/// it pings every half interval while the media path is healthy, and stops
-/// on shutdown. `None` when no watchdog is wanted.
+/// it pings every half interval while every ring path's media thread keeps
+/// up (an idle on-demand path is not sampled), and stops on shutdown.
+/// `None` when no watchdog is wanted.
 pub fn spawn_watchdog(
     notifier: &Notifier,
-    media: &Media,
-    config: &ReaderConfig,
+    rings: Vec<(Stream, ReaderConfig)>,
     shutdown: Shutdown,
 ) -> io::Result<Option<JoinHandle<()>>> {
     if !notifier.is_enabled() {
@@ -270,21 +271,57 @@ pub fn spawn_watchdog(
     };
     let period = interval / 2;
     log::info!("systemd: watchdog every {period:?} (WatchdogSec {interval:?}), fed by the media path");
-    let (notifier, media, config) = (notifier.clone(), media.clone(), config.clone());
+    let notifier = notifier.clone();
     std::thread::Builder::new()
         .name("watchdog".into())
-        .spawn(move || run_watchdog(&notifier, period, &shutdown, || sample(&media, &config)))
+        .spawn(move || {
+            run_watchdog(&notifier, period, &shutdown, || {
+                rings
+                    .iter()
+                    .map(|(stream, config)| {
+                        let running = stream.source.running.load(Ordering::Relaxed);
+                        running.then(|| sample(stream, config))
+                    })
+                    .collect()
+            })
+        })
         .map(Some)
 }
 
-/// The watchdog loop: sample, judge, ping or withhold, every `period`.
-pub fn run_watchdog(notifier: &Notifier, period: Duration, shutdown: &Shutdown, mut probe: impl FnMut() -> Sample) {
-    let mut judge = Judge::default();
+/// The watchdog loop: sample every ring (`None` for one not running now),
+/// judge each, ping only when none is wedged, every `period`.
+pub fn run_watchdog(
+    notifier: &Notifier,
+    period: Duration,
+    shutdown: &Shutdown,
+    mut probe: impl FnMut() -> Vec<Option<Sample>>,
+) {
+    let mut judges: Vec<Judge> = Vec::new();
     let mut send_log = RateLimiter::new(Duration::from_secs(60));
     let mut was_wedged = false;
     let mut started = Instant::now();
     loop {
-        let verdict = judge.check(probe());
+        let samples = probe();
+        judges.resize_with(samples.len(), Judge::default);
+        let verdicts: Vec<Verdict> = samples
+            .into_iter()
+            .zip(judges.iter_mut())
+            .filter_map(|(sample, judge)| match sample {
+                Some(sample) => Some(judge.check(sample)),
+                None => {
+                    // Not running: start afresh when it runs again.
+                    *judge = Judge::default();
+                    None
+                }
+            })
+            .collect();
+        // The worst verdict speaks: a wedge anywhere, else the first path.
+        let verdict = verdicts
+            .iter()
+            .copied()
+            .find(|v| !v.healthy())
+            .or_else(|| verdicts.first().copied())
+            .unwrap_or(Verdict::CameraIdle);
         let status = verdict.status(started.elapsed().max(Duration::from_millis(1)));
         started = Instant::now();
         let message = if verdict.healthy() {

@@ -170,7 +170,8 @@ fn demo_script_runs_camera_streamer_and_companion_and_stops_them() {
             std::thread::sleep(Duration::from_millis(200));
         }
         assert_eq!(health.0, 200, "{}", health.1);
-        assert!(http_get(viewer, "/").1.contains("<video"), "the viewer page");
+        assert!(http_get(viewer, "/").1.contains("id=\"grid\""), "the dashboard");
+        assert!(http_get(viewer, "/cam/").1.contains("<video"), "the camera's viewer page");
         let (code, body) = http_get(urls["companion"], "/api/recording/status");
         assert_eq!((code, body.contains("\"recording\":false")), (200, true), "{body}");
         let (code, body) = http_get(urls["metrics"], "/metrics");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use streaming_server::h264::{parse_sps, split_access_units, split_annexb, Processor, RawFrame};
+use streaming_server::codec::h264::{parse_sps, split_access_units, split_annexb, Processor, RawFrame};
 
 /// A NAL unit as the encoder emits it: a header byte with forbidden bit 0,
 /// a body free of start-code emulation (no 00 00 0x with x <= 3), and not
@@ -123,7 +123,7 @@ mod frame_validator {
 
     use proptest::prelude::*;
     use streaming_server::abi::{Layout, TimeBits, MAX_FRAME_SIZE};
-    use streaming_server::shm::{Segment, WriteFrame};
+    use streaming_server::source::ring::{Segment, WriteFrame};
 
     /// One real segment shared by all cases (creating 93 MB per case is slow).
     fn segment() -> &'static Segment {

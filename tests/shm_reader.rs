@@ -16,9 +16,11 @@ use streaming_server::abi::{Layout, TimeBits};
 use streaming_server::fake_camera::{Clip, DEMO_CLIP};
 use streaming_server::hub::{StartAt, SubscribeOptions};
 use streaming_server::metrics::Metrics;
-use streaming_server::pipeline::{self, Media};
-use streaming_server::shm::{self, CameraStatus, GapReason, ReaderConfig, ReaderEvent};
 use streaming_server::shutdown::{self, Trigger};
+use streaming_server::source;
+use streaming_server::source::ring::{self, GapReason, ReaderConfig, ReaderEvent};
+use streaming_server::stream::SourceStatus;
+use streaming_server::stream::Stream;
 
 /// What the reader handed on, simplified for comparison.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +34,7 @@ struct Reader {
     trigger: Trigger,
     events: mpsc::Receiver<ReaderEvent>,
     thread: Option<JoinHandle<()>>,
-    metrics: Arc<Metrics>,
+    metrics: streaming_server::metrics::StreamMetrics,
     /// Sleep inside the sink when this frame number arrives (to fall behind).
     _stall: Option<(u64, Duration)>,
 }
@@ -41,13 +43,13 @@ impl Reader {
     fn start(shm: &str, stall: Option<(u64, Duration)>) -> Reader {
         let (trigger, shutdown) = shutdown::channel();
         let (tx, events) = mpsc::channel();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new()).stream("cam");
         let config = ReaderConfig { name: shm.to_string(), layout: Layout::new(TimeBits::Native) };
         let thread_metrics = metrics.clone();
         let thread = std::thread::spawn(move || {
-            let status = CameraStatus::default();
+            let status = SourceStatus::default();
             let mut stalled = false;
-            shm::run(&config, &shutdown, &thread_metrics, &status, |event| {
+            ring::run(&config, &shutdown, &thread_metrics, &status, |event| {
                 if let (ReaderEvent::Frame(frame), Some((at, pause))) = (&event, stall) {
                     if frame.frame_number == at && !stalled {
                         stalled = true;
@@ -254,7 +256,7 @@ fn malformed_frames_of_each_kind_are_counted_and_skipped() {
     assert_eq!(positions, (0..85).collect::<Vec<_>>());
     assert_eq!(reader.metrics.read_errors.get(), 8);
     for kind in ["empty", "too_large", "not_h264", "not_annexb"] {
-        assert_eq!(reader.metrics.frame_errors.with_label_values(&["read", kind]).get(), 2, "{kind}");
+        assert_eq!(reader.metrics.frame_errors("read", kind), 2, "{kind}");
     }
 }
 
@@ -262,9 +264,9 @@ fn malformed_frames_of_each_kind_are_counted_and_skipped() {
 fn a_hub_consumer_starts_at_an_idr_and_gets_consecutive_access_units() {
     let shm = unique_shm("pipeline");
     let (trigger, shutdown) = shutdown::channel();
-    let media = Media::new(Arc::new(Metrics::new()));
+    let media = Stream::new("cam", &Arc::new(Metrics::new()));
     let config = ReaderConfig { name: shm.clone(), layout: Layout::new(TimeBits::Native) };
-    let thread = pipeline::spawn(config, media.clone(), shutdown).unwrap();
+    let thread = source::spawn_ring(config, media.clone(), shutdown).unwrap();
     let sub = media.hub.subscribe(SubscribeOptions {
         name: "test".into(),
         budget: streaming_server::hub::QueueBudget { bytes: 64 << 20, frames: 300 },

@@ -144,7 +144,7 @@ fn ready_watchdog_from_the_media_path_and_stopping() {
 
     // Freeze the media thread only: the camera keeps writing, the watchdog
     // thread runs, and must stop vouching.
-    let media_tid = thread_id(server.child.id(), "media");
+    let media_tid = thread_id(server.child.id(), "media-cam");
     let frozen = Frozen::thread(media_tid);
     let froze_at = Instant::now();
     // The first check after the freeze may still count the frames read
@@ -197,6 +197,6 @@ fn no_notify_socket_means_no_watchdog_thread() {
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path().join("comm")).unwrap_or_default().trim().to_string())
         .collect();
-    assert!(tasks.iter().any(|t| t == "media"), "threads: {tasks:?}");
+    assert!(tasks.iter().any(|t| t == "media-cam"), "threads: {tasks:?}");
     assert!(!tasks.iter().any(|t| t == "watchdog"), "a watchdog thread without systemd: {tasks:?}");
 }

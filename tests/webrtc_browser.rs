@@ -59,7 +59,7 @@ fn chromium_plays_the_viewer_page_in_three_tabs() {
     let output = Command::new("node")
         .current_dir(&browser_dir)
         .env("STREAMING_TEST_CHROMIUM", chromium())
-        .args(["viewer.mjs", &server.url("http", "/"), "3", screenshot.to_str().unwrap()])
+        .args(["viewer.mjs", &server.url("http", "/cam/"), "3", screenshot.to_str().unwrap()])
         .output()
         .expect("run node");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -114,7 +114,7 @@ fn the_viewer_page_reconnects_when_the_stream_stops_and_comes_back() {
         // As a real browser does: host candidates as mDNS names, so the
         // server must learn this viewer's address from its checks.
         .env("STREAMING_TEST_MDNS", "1")
-        .args(["viewer.mjs", &server.url("http", "/"), "1", "/dev/null", "reconnect"])
+        .args(["viewer.mjs", &server.url("http", "/cam/"), "1", "/dev/null", "reconnect"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

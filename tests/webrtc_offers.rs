@@ -5,7 +5,7 @@
 mod common;
 mod webrtc_common;
 
-use streaming_server::h264::SpsInfo;
+use streaming_server::codec::h264::SpsInfo;
 use streaming_server::webrtc::negotiate::{self, NegotiationError};
 use webrtc_common::Rig;
 

@@ -9,7 +9,7 @@
 //! Tasks: connection tasks of [`crate::http`] on the process's runtime;
 //! recorder start and stop (file creation, fsync) run on tokio's blocking
 //! pool. Nothing here runs on, waits for or locks the media path: it reads
-//! [`CameraStatus`](crate::shm::CameraStatus) atomics, hub snapshots and
+//! [`CameraStatus`](crate::source::ring::CameraStatus) atomics, hub snapshots and
 //! recorder status copies.
 //!
 //! Bad input: unknown paths are 404 before anything else is looked at (no
@@ -29,9 +29,12 @@ use serde_json::json;
 use crate::health::Health;
 use crate::http::{self, BoxFuture, Head, Listener, Method, Reply, Request, Service};
 use crate::metrics::Metrics;
-use crate::pipeline::Media;
-use crate::recorder::{Recorder, RecorderError};
-use crate::webrtc::{self, OfferError, Viewers};
+use crate::paths::{Path, Paths};
+use crate::recorder::RecorderError;
+use crate::webrtc::{self, OfferError};
+
+/// The dashboard served at `GET /`: every path live in a grid.
+pub static DASHBOARD_PAGE: &str = include_str!("../../assets/dashboard.html");
 
 /// Offers negotiated at once; more get 503 with `Retry-After`.
 pub const MAX_OFFERS_IN_FLIGHT: usize = 4;
@@ -66,62 +69,107 @@ pub fn parse_origins(text: &str) -> Vec<String> {
     text.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect()
 }
 
-/// The routes of the control plane.
+/// Which path a route acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Route {
-    Index,
+enum Target {
+    /// The unprefixed routes of API.md: `cam`, or the first path.
+    Legacy,
+    Named(String),
+}
+
+/// What a route does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Action {
+    Dashboard,
+    PathList,
+    Health,
+    /// The viewer page of one path (`/NAME/`).
+    ViewerPage,
+    /// `/NAME` without the slash: redirected to `/NAME/`.
+    AddSlash,
     Offer,
     Whep,
     WhepSession(String),
     Start,
     Stop,
     Status,
-    Health,
+}
+
+/// A parsed route: what, and on which path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Route {
+    target: Target,
+    action: Action,
+}
+
+fn session_id(id: &str) -> Option<String> {
+    let valid =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then(|| id.to_string())
 }
 
 impl Route {
     /// Exact matches only: anything else, `/../`, `%2e`, `//status`, is 404.
+    /// Path names are checked syntactically here and against the
+    /// configured paths by the caller.
     fn parse(path: &str) -> Option<Route> {
-        Some(match path {
-            "/" => Route::Index,
-            "/offer" => Route::Offer,
-            "/whep" => Route::Whep,
-            "/start" => Route::Start,
-            "/stop" => Route::Stop,
-            "/status" => Route::Status,
-            "/health" => Route::Health,
-            _ => {
-                let id = path.strip_prefix("/whep/")?;
-                let valid = !id.is_empty()
-                    && id.len() <= 64
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !valid {
-                    return None;
-                }
-                Route::WhepSession(id.to_string())
-            }
-        })
+        let legacy = |action| Some(Route { target: Target::Legacy, action });
+        match path {
+            "/" => return legacy(Action::Dashboard),
+            "/paths" => return legacy(Action::PathList),
+            "/health" => return legacy(Action::Health),
+            "/offer" => return legacy(Action::Offer),
+            "/whep" => return legacy(Action::Whep),
+            "/start" => return legacy(Action::Start),
+            "/stop" => return legacy(Action::Stop),
+            "/status" => return legacy(Action::Status),
+            _ => {}
+        }
+        if let Some(id) = path.strip_prefix("/whep/") {
+            return legacy(Action::WhepSession(session_id(id)?));
+        }
+        let rest = path.strip_prefix('/')?;
+        let (name, tail) = rest.split_once('/').unwrap_or((rest, "\u{0}"));
+        if !crate::config::valid_name(name) || crate::config::RESERVED_NAMES.contains(&name) {
+            return None;
+        }
+        let action = match tail {
+            "\u{0}" => Action::AddSlash,
+            "" => Action::ViewerPage,
+            "offer" => Action::Offer,
+            "whep" => Action::Whep,
+            "start" => Action::Start,
+            "stop" => Action::Stop,
+            "status" => Action::Status,
+            other => Action::WhepSession(session_id(other.strip_prefix("whep/")?)?),
+        };
+        Some(Route { target: Target::Named(name.to_string()), action })
     }
 
     fn allow(&self) -> &'static str {
-        match self {
-            Route::Index | Route::Status | Route::Health => "GET, HEAD, OPTIONS",
-            Route::Offer | Route::Whep | Route::Start | Route::Stop => "POST, OPTIONS",
-            Route::WhepSession(_) => "DELETE, OPTIONS",
+        match self.action {
+            Action::Dashboard
+            | Action::PathList
+            | Action::Health
+            | Action::ViewerPage
+            | Action::AddSlash
+            | Action::Status => "GET, HEAD, OPTIONS",
+            Action::Offer | Action::Whep | Action::Start | Action::Stop => "POST, OPTIONS",
+            Action::WhepSession(_) => "DELETE, OPTIONS",
         }
     }
 
     fn allows(&self, method: &Method) -> bool {
-        match self {
-            Route::Index | Route::Status | Route::Health => matches!(method, Method::Get | Method::Head),
-            Route::Offer | Route::Whep | Route::Start | Route::Stop => *method == Method::Post,
-            Route::WhepSession(_) => *method == Method::Delete,
+        match self.action {
+            Action::Offer | Action::Whep | Action::Start | Action::Stop => *method == Method::Post,
+            Action::WhepSession(_) => *method == Method::Delete,
+            _ => matches!(method, Method::Get | Method::Head),
         }
     }
 
     /// Routes that change state need the token when one is configured.
     fn needs_auth(&self) -> bool {
-        matches!(self, Route::Offer | Route::Whep | Route::WhepSession(_) | Route::Start | Route::Stop)
+        matches!(self.action, Action::Offer | Action::Whep | Action::WhepSession(_) | Action::Start | Action::Stop)
     }
 }
 
@@ -135,9 +183,7 @@ struct OfferBody {
 /// Everything the handlers need; cheap to clone.
 #[derive(Clone)]
 pub struct Control {
-    media: Media,
-    recorder: Recorder,
-    viewers: Viewers,
+    paths: Arc<Paths>,
     health: Arc<Health>,
     config: Arc<ControlConfig>,
     offers_in_flight: Arc<AtomicUsize>,
@@ -153,14 +199,16 @@ impl Drop for OfferSlot {
 }
 
 impl Control {
-    pub fn new(
-        media: Media,
-        recorder: Recorder,
-        viewers: Viewers,
-        health: Arc<Health>,
-        config: ControlConfig,
-    ) -> Control {
-        Control { media, recorder, viewers, health, config: Arc::new(config), offers_in_flight: Default::default() }
+    pub fn new(paths: Arc<Paths>, health: Arc<Health>, config: ControlConfig) -> Control {
+        Control { paths, health, config: Arc::new(config), offers_in_flight: Default::default() }
+    }
+
+    /// The path a route acts on; `None` for an unknown name.
+    fn path(&self, target: &Target) -> Option<&Arc<Path>> {
+        match target {
+            Target::Legacy => Some(self.paths.legacy()),
+            Target::Named(name) => self.paths.get(name),
+        }
     }
 
     /// Starts the `-http` listener on `runtime`.
@@ -196,6 +244,11 @@ impl Control {
         let Some(route) = Route::parse(&head.path) else {
             return Err(Reply::not_found());
         };
+        if let Target::Named(name) = &route.target {
+            if self.paths.get(name).is_none() {
+                return Err(Reply::error(404, format!("no path named {name:?} (GET /paths lists them)")));
+            }
+        }
         if head.method == Method::Options {
             return Err(self.preflight(&route, head));
         }
@@ -209,25 +262,55 @@ impl Control {
     }
 
     async fn route(&self, route: Route, request: Request) -> Reply {
-        match route {
-            Route::Index => Reply::new(200, "text/html; charset=utf-8", webrtc::VIEWER_PAGE),
-            Route::Offer => self.offer(&request).await,
-            Route::Whep => self.whep(&request).await,
-            Route::WhepSession(id) => self.whep_delete(&id),
-            Route::Start => {
-                let recorder = self.recorder.clone();
+        let Some(path) = self.path(&route.target).cloned() else {
+            return Reply::not_found();
+        };
+        match route.action {
+            Action::Dashboard => Reply::new(200, "text/html; charset=utf-8", DASHBOARD_PAGE),
+            Action::ViewerPage => Reply::new(200, "text/html; charset=utf-8", webrtc::VIEWER_PAGE),
+            Action::AddSlash => Reply::error(308, "the viewer page is at the path with a trailing slash")
+                .header("Location", format!("/{}/", path.name())),
+            Action::PathList => {
+                let list: Vec<_> = self.paths.iter().map(|p| p.summary(&self.health)).collect();
+                Reply::json(200, &json!({"paths": list, "legacy": self.paths.legacy().name()}))
+            }
+            Action::Offer => self.offer(&path, &request).await,
+            Action::Whep => self.whep(&path, &request).await,
+            Action::WhepSession(id) => self.whep_delete(&route.target, &path, &id),
+            Action::Start => {
+                let recorder = path.recorder.clone();
                 recording_reply(blocking(move || recorder.start()).await)
             }
-            Route::Stop => {
-                let recorder = self.recorder.clone();
+            Action::Stop => {
+                let recorder = path.recorder.clone();
                 recording_reply(blocking(move || recorder.stop()).await)
             }
-            Route::Status => Reply::json(200, &json!(self.recorder.status())),
-            Route::Health => {
-                let (status, body) = self.health.report(&self.media, &self.recorder, self.viewers.count());
-                Reply::json(status, &body)
-            }
+            Action::Status => Reply::json(200, &json!(path.recorder.status())),
+            Action::Health => self.health_reply(),
         }
+    }
+
+    /// API.md's `/health` for the legacy path, plus a line per path.
+    fn health_reply(&self) -> Reply {
+        let legacy = self.paths.legacy();
+        let (status, mut body) = self.health.report(&legacy.stream, &legacy.recorder.status(), legacy.viewers.count());
+        let paths: serde_json::Map<String, serde_json::Value> = self
+            .paths
+            .iter()
+            .map(|p| {
+                let summary = json!({
+                    "status": Health::verdict(&p.stream),
+                    "state": p.stream.source.state().label(),
+                    "fps": (self.health.fps(p.name()) * 10.0).round() / 10.0,
+                    "webrtc_clients": p.viewers.count(),
+                    "recording": p.recorder.status().recording,
+                });
+                (p.name().to_string(), summary)
+            })
+            .collect();
+        body["path"] = json!(legacy.name());
+        body["paths"] = serde_json::Value::Object(paths);
+        Reply::json(status, &body)
     }
 
     fn check_auth(&self, head: &Head) -> Result<(), Reply> {
@@ -267,7 +350,7 @@ impl Control {
         Ok(slot)
     }
 
-    async fn offer(&self, request: &Request) -> Reply {
+    async fn offer(&self, path: &Path, request: &Request) -> Reply {
         let offer: OfferBody = match serde_json::from_slice(&request.body) {
             Ok(offer) => offer,
             Err(e) => return Reply::error(400, format!("malformed offer JSON: {e}")),
@@ -282,16 +365,16 @@ impl Control {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
-        match self.viewers.offer(&offer.sdp, request.head.peer.ip()).await {
+        match path.viewers.offer(&offer.sdp, request.head.peer.ip()).await {
             Ok(session) => {
-                log::info!("viewer {}: answered an offer from {}", session.id, request.head.peer.ip());
+                log::info!("{}: viewer {}: answered an offer from {}", path.name(), session.id, request.head.peer.ip());
                 Reply::json(200, &json!({"type": "answer", "sdp": session.answer_sdp}))
             }
             Err(error) => offer_error(&error),
         }
     }
 
-    async fn whep(&self, request: &Request) -> Reply {
+    async fn whep(&self, path: &Path, request: &Request) -> Reply {
         let content_type = request.head.header("Content-Type").unwrap_or("");
         if !content_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
             return Reply::error(415, "WHEP offers must be Content-Type: application/sdp");
@@ -306,18 +389,31 @@ impl Control {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
-        match self.viewers.offer(sdp, request.head.peer.ip()).await {
+        match path.viewers.offer(sdp, request.head.peer.ip()).await {
             Ok(session) => {
-                log::info!("viewer {}: answered a WHEP offer from {}", session.id, request.head.peer.ip());
-                Reply::new(201, "application/sdp", session.answer_sdp)
-                    .header("Location", format!("/whep/{}", session.id))
+                log::info!(
+                    "{}: viewer {}: answered a WHEP offer from {}",
+                    path.name(),
+                    session.id,
+                    request.head.peer.ip()
+                );
+                let location = match request.head.path.strip_suffix("/whep") {
+                    Some(prefix) if !prefix.is_empty() => format!("{prefix}/whep/{}", session.id),
+                    _ => format!("/whep/{}", session.id),
+                };
+                Reply::new(201, "application/sdp", session.answer_sdp).header("Location", location)
             }
             Err(error) => offer_error(&error),
         }
     }
 
-    fn whep_delete(&self, id: &str) -> Reply {
-        if self.viewers.close(id) {
+    fn whep_delete(&self, target: &Target, path: &Path, id: &str) -> Reply {
+        // A legacy /whep/ID may name a session of any path.
+        let closed = match target {
+            Target::Legacy => self.paths.close_session(id),
+            Target::Named(_) => path.viewers.close(id),
+        };
+        if closed {
             Reply::json(200, &json!({"success": true}))
         } else {
             Reply::error(404, "no such session")
@@ -426,12 +522,36 @@ mod tests {
 
     #[test]
     fn only_exact_paths_route() {
-        assert_eq!(Route::parse("/status"), Some(Route::Status));
-        assert_eq!(Route::parse("/whep/abc-1_2"), Some(Route::WhepSession("abc-1_2".into())));
-        for odd in ["/status/", "//status", "/../status", "/%73tatus", "/whep/", "/whep/../x", "/whep/a%2fb", ""] {
+        let route = |p: &str| Route::parse(p);
+        let legacy = |action| Some(Route { target: Target::Legacy, action });
+        let named = |name: &str, action| Some(Route { target: Target::Named(name.into()), action });
+        assert_eq!(route("/status"), legacy(Action::Status));
+        assert_eq!(route("/whep/abc-1_2"), legacy(Action::WhepSession("abc-1_2".into())));
+        assert_eq!(route("/day/"), named("day", Action::ViewerPage));
+        assert_eq!(route("/day"), named("day", Action::AddSlash));
+        assert_eq!(route("/day/offer"), named("day", Action::Offer));
+        assert_eq!(route("/day/whep/x1"), named("day", Action::WhepSession("x1".into())));
+        assert_eq!(route("/day_2-b/status"), named("day_2-b", Action::Status));
+        for odd in [
+            "/status/",
+            "//status",
+            "/../status",
+            "/%73tatus",
+            "/whep/",
+            "/whep/../x",
+            "/whep/a%2fb",
+            "",
+            "/day/offer/",
+            "/day/nope",
+            "/day/whep/",
+            "/da.y/",
+            "/health/",
+            "/paths/x",
+        ] {
             assert_eq!(Route::parse(odd), None, "{odd}");
         }
         assert_eq!(Route::parse(&format!("/whep/{}", "a".repeat(65))), None);
+        assert_eq!(Route::parse(&format!("/{}/", "a".repeat(65))), None);
     }
 
     #[test]

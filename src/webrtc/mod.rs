@@ -84,8 +84,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::hub::QueueBudget;
-use crate::pipeline::Media;
 use crate::shutdown::Shutdown;
+use crate::stream::Stream;
 use crate::tasks::TaskSet;
 
 pub use negotiate::{Choice, NegotiationError};
@@ -106,6 +106,10 @@ pub const GATHER_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A viewer that answered but never connects is dropped after this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an offer to an on-demand path waits for its source to start
+/// and send parameter sets (an RTSP camera connects in well under a second
+/// on a LAN).
+pub const ON_DEMAND_WAIT: Duration = Duration::from_secs(10);
 /// Offers answered but not yet connected, per client address: at most
 /// this many, and one less than `-max-clients`, so an address sending
 /// offers that never connect always leaves a slot to everyone else. A
@@ -141,11 +145,14 @@ pub struct WebrtcConfig {
     /// every interface except loopback and link-local; name 127.0.0.1 to
     /// include loopback (tests, a browser on the same machine).
     pub ips: Vec<IpAddr>,
+    /// The path's source starts on demand: an offer waits up to
+    /// [`ON_DEMAND_WAIT`] for the stream instead of answering 503 at once.
+    pub on_demand: bool,
 }
 
 impl WebrtcConfig {
     pub fn new(max_clients: usize) -> WebrtcConfig {
-        WebrtcConfig { max_clients, stun: Vec::new(), udp_port_range: None, ips: Vec::new() }
+        WebrtcConfig { max_clients, stun: Vec::new(), udp_port_range: None, ips: Vec::new(), on_demand: false }
     }
 }
 
@@ -248,7 +255,7 @@ struct Slot {
 
 pub(crate) struct Inner {
     config: WebrtcConfig,
-    media: Media,
+    stream: Stream,
     runtime: tokio::runtime::Handle,
     tasks: TaskSet,
     slots: Mutex<HashMap<String, Slot>>,
@@ -268,6 +275,8 @@ pub(crate) struct Inner {
 pub(crate) struct SlotGuard {
     inner: Arc<Inner>,
     id: String,
+    /// Keeps an on-demand source running while this viewer lives.
+    _demand: crate::stream::DemandGuard,
 }
 
 impl Drop for SlotGuard {
@@ -287,7 +296,7 @@ impl Inner {
     pub(crate) fn release(&self, id: &str) -> bool {
         let mut slots = self.slots();
         let removed = slots.remove(id);
-        self.media.metrics.active_clients.set(slots.len() as i64);
+        self.stream.metrics.active_clients.set(slots.len() as i64);
         drop(slots);
         match removed {
             Some(mut slot) => {
@@ -310,13 +319,13 @@ impl Inner {
     pub(crate) fn report_usage(&self, id: &str, percent: i64) {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         usage.insert(id.to_string(), percent);
-        self.media.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
+        self.stream.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
     }
 
     pub(crate) fn forget_usage(&self, id: &str) {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         if usage.remove(id).is_some() {
-            self.media.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
+            self.stream.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
         }
     }
 
@@ -358,13 +367,13 @@ impl Viewers {
     /// Viewers served on `runtime` (the process's tokio runtime).
     pub fn new(
         config: WebrtcConfig,
-        media: Media,
+        stream: Stream,
         shutdown: Shutdown,
         runtime: tokio::runtime::Handle,
     ) -> Result<Viewers, String> {
         let inner = Arc::new(Inner {
             config,
-            media,
+            stream,
             runtime,
             tasks: TaskSet::new(),
             slots: Mutex::new(HashMap::new()),
@@ -386,7 +395,11 @@ impl Viewers {
         if inner.shutdown.is_triggered() {
             return Err(OfferError::Internal("shutting down".into()));
         }
-        let parameter_sets = inner.media.hub.parameter_sets().ok_or(OfferError::NoStreamYet)?;
+        let demand = inner.stream.demand.hold();
+        if inner.config.on_demand && inner.stream.hub.parameter_sets().is_none() {
+            inner.stream.wait_for_parameter_sets(ON_DEMAND_WAIT).await;
+        }
+        let parameter_sets = inner.stream.hub.parameter_sets().ok_or(OfferError::NoStreamYet)?;
         let choice = negotiate::choose(offer_sdp, &parameter_sets.info).map_err(|e| match e {
             NegotiationError::BadSdp(why) => OfferError::BadSdp(why),
             NegotiationError::NoCompatibleCodec(why) => OfferError::NoCompatibleCodec(why),
@@ -403,9 +416,9 @@ impl Viewers {
                 return Err(OfferError::TooManyPending);
             }
             slots.insert(id.clone(), Slot { close: Some(close_tx), client, connected: false });
-            inner.media.metrics.active_clients.set(slots.len() as i64);
+            inner.stream.metrics.active_clients.set(slots.len() as i64);
         }
-        let guard = SlotGuard { inner: inner.clone(), id: id.clone() };
+        let guard = SlotGuard { inner: inner.clone(), id: id.clone(), _demand: demand };
         let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
         let offer = offer_sdp.to_string();
         inner.tasks.spawn(&inner.runtime, viewer::run(guard, offer, choice, answer_tx, close_rx));
@@ -416,7 +429,7 @@ impl Viewers {
         };
         match result {
             Ok(answer_sdp) => {
-                inner.media.metrics.total_clients.inc();
+                inner.stream.metrics.total_clients.inc();
                 Ok(Session { id, answer_sdp })
             }
             Err(error) => {
@@ -424,7 +437,7 @@ impl Viewers {
                 // refusal visible to the next offer at once.
                 inner.release(&id);
                 if matches!(error, OfferError::Internal(_)) {
-                    inner.media.metrics.webrtc_errors.inc();
+                    inner.stream.metrics.webrtc_errors.inc();
                 }
                 Err(error)
             }

@@ -31,7 +31,7 @@ use std::io::Cursor;
 
 use rtc::sdp::description::session::SessionDescription;
 
-use crate::h264::SpsInfo;
+use crate::codec::h264::SpsInfo;
 
 /// The H.264 payload type chosen from an offer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::h264::{nal_type, AccessUnit};
+use crate::codec::h264::{nal_type, AccessUnit};
 
 /// RTP payload budget: 1200 bytes of RTP packet minus the 12-byte header,
 /// which keeps SRTP + UDP + IPv6 well under a 1280-byte path MTU.
@@ -261,7 +261,7 @@ mod tests {
             annexb.extend_from_slice(&depacketizer.depacketize(payload).unwrap());
         }
         let annexb = annexb.freeze();
-        crate::h264::split_annexb(&annexb).into_iter().map(|r| annexb.slice(r)).collect()
+        crate::codec::h264::split_annexb(&annexb).into_iter().map(|r| annexb.slice(r)).collect()
     }
 
     #[test]

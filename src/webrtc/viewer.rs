@@ -36,7 +36,7 @@ use webrtc::runtime::TokioRuntime;
 use super::negotiate::{self, Choice};
 use super::packetizer::PacketizedAu;
 use super::{Inner, OfferError, SlotGuard};
-use crate::h264::AccessUnit;
+use crate::codec::h264::AccessUnit;
 use crate::hub::{StartAt, SubscribeOptions, Subscription};
 
 /// Peer connection events, as watch channels the viewer task reads.
@@ -279,7 +279,7 @@ async fn negotiate(
     // one that does not is an offer the stack cannot make sense of: bad
     // input (400), logged for diagnosis.
     negotiate::check_answer(&answer, choice).map_err(|e| {
-        inner.media.metrics.webrtc_errors.inc();
+        inner.stream.metrics.webrtc_errors.inc();
         log::warn!("webrtc: cannot answer an offer ({e})");
         OfferError::BadSdp(format!("the offer cannot be answered: {e}"))
     })?;
@@ -363,7 +363,7 @@ pub(super) async fn run(
     match &outcome {
         Ok(why) => log::info!("webrtc: viewer {short} ended: {why}"),
         Err(why) => {
-            inner.media.metrics.webrtc_errors.inc();
+            inner.stream.metrics.webrtc_errors.inc();
             log::warn!("webrtc: viewer {short} failed: {why}");
         }
     }
@@ -456,11 +456,11 @@ impl Stamp {
 }
 
 fn subscribe(inner: &Inner, short: &str) -> Subscription {
-    inner.media.hub.subscribe(SubscribeOptions {
+    inner.stream.hub.subscribe(SubscribeOptions {
         name: format!("viewer {short}"),
         budget: super::VIEWER_QUEUE,
         start: StartAt::GopCache,
-        dropped_metric: Some(inner.media.metrics.webrtc_frames_dropped.clone()),
+        dropped_metric: Some(inner.stream.metrics.webrtc_frames_dropped.clone()),
     })
 }
 
@@ -509,7 +509,7 @@ async fn serve(
     let (keyframe_tx, mut keyframe_rx) = mpsc::channel::<()>(1);
     let (goodbye_tx, mut goodbye_rx) = mpsc::channel::<()>(1);
     let track = negotiated.track.clone();
-    let metrics = inner.media.metrics.clone();
+    let metrics = inner.stream.metrics.clone();
     let ssrc = negotiated.ssrc;
     let quality = Arc::new(std::sync::Mutex::new(Quality::default()));
     let feedback_quality = quality.clone();
@@ -579,7 +579,7 @@ async fn serve(
                 // A browser asks for keyframes when frames stop coming; with
                 // the camera stalled the cached GOP is old, and replaying it
                 // would loop the last second. The camera's next IDR will do.
-                let live = inner.media.camera.last_frame_age().is_some_and(|age| age < super::STALE_CAMERA);
+                let live = inner.stream.source.last_frame_age().is_some_and(|age| age < super::STALE_CAMERA);
                 if live && last_restart.elapsed() >= super::KEYFRAME_RESTART_INTERVAL {
                     last_restart = Instant::now();
                     drop(subscription);
@@ -635,7 +635,11 @@ struct Quality {
 }
 
 impl Quality {
-    fn update(&mut self, block: &rtc::rtcp::reception_report::ReceptionReport, metrics: &crate::metrics::Metrics) {
+    fn update(
+        &mut self,
+        block: &rtc::rtcp::reception_report::ReceptionReport,
+        metrics: &crate::metrics::StreamMetrics,
+    ) {
         self.reports += 1;
         // Cumulative (24 bits) in the reports: count what is new.
         if block.total_lost > self.lost {
@@ -704,9 +708,9 @@ async fn send(inner: &Inner, track: &TrackLocalStaticRTP, stamp: &mut Stamp, au:
         // Handed to the peer connection's driver task, which seals and sends
         // it at once (its queue is bounded; this await waits when it is full).
         let sent = crate::clock::monotonic_now();
-        inner.media.metrics.capture_to_sent_ms.observe(crate::clock::millis_between(au.capture_time, sent));
+        inner.stream.metrics.capture_to_sent_ms.observe(crate::clock::millis_between(au.capture_time, sent));
     }
-    inner.media.metrics.webrtc_frames_sent.inc();
+    inner.stream.metrics.webrtc_frames_sent.inc();
     Ok(())
 }
 

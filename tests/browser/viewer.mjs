@@ -130,7 +130,7 @@ try {
   }
   result.screenshot = { path: screenshotPath, meanLuma: sum / a.length, changedFraction: changed / a.length, pixels: a.length };
   // Close the tabs one by one: how long until the server has let each go.
-  const health = new URL("health", url).toString();
+  const health = new URL("/health", url).toString();
   const clients = async () => (await (await fetch(health)).json()).webrtc_clients;
   result.closes = [];
   for (const { page } of pages) {

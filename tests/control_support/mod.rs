@@ -171,12 +171,13 @@ pub fn ffprobe_frames(path: &Path) -> (u64, bool) {
 /// looped `clip`, starting at one of its IDRs and ending on an access-unit
 /// boundary. Returns the number of access units.
 pub fn assert_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
-    let units: Vec<&[u8]> = streaming_server::h264::split_access_units(clip).into_iter().map(|r| &clip[r]).collect();
+    let units: Vec<&[u8]> =
+        streaming_server::codec::h264::split_access_units(clip).into_iter().map(|r| &clip[r]).collect();
     assert!(!units.is_empty());
     let is_idr = |au: &[u8]| {
-        streaming_server::h264::split_annexb(au)
-            .into_iter()
-            .any(|r| streaming_server::h264::nal_unit_type(&au[r]) == streaming_server::h264::nal_type::IDR)
+        streaming_server::codec::h264::split_annexb(au).into_iter().any(|r| {
+            streaming_server::codec::h264::nal_unit_type(&au[r]) == streaming_server::codec::h264::nal_type::IDR
+        })
     };
     let start = (0..units.len())
         .find(|&i| is_idr(units[i]) && recording.starts_with(units[i]))
@@ -238,7 +239,7 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 /// clip's IDR access units, never a P-frame without its reference.
 /// Returns (access units, gaps).
 pub fn assert_idr_after_every_gap(recording: &[u8], clip: &[u8]) -> (u64, u64) {
-    use streaming_server::h264::{nal_type, nal_unit_type, split_access_units, split_annexb};
+    use streaming_server::codec::h264::{nal_type, nal_unit_type, split_access_units, split_annexb};
     let units: Vec<&[u8]> = split_access_units(clip).into_iter().map(|r| &clip[r]).collect();
     let idrs: Vec<usize> = (0..units.len())
         .filter(|&i| split_annexb(units[i]).into_iter().any(|r| nal_unit_type(&units[i][r]) == nal_type::IDR))

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use streaming_server::abi::{Layout, TimeBits};
 use streaming_server::metrics::Metrics;
-use streaming_server::pipeline::{self, Media};
-use streaming_server::shm::ReaderConfig;
 use streaming_server::shutdown::{self, Shutdown, Trigger};
+use streaming_server::source;
+use streaming_server::source::ring::ReaderConfig;
+use streaming_server::stream::Stream;
 use streaming_server::webrtc::{OfferError, Session, Viewers, WebrtcConfig};
 
 use bytes::{Bytes, BytesMut};
@@ -18,7 +19,7 @@ use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use streaming_server::h264::{nal_type, nal_unit_type, split_annexb};
+use streaming_server::codec::h264::{nal_type, nal_unit_type, split_annexb};
 use tokio::sync::watch;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -262,7 +263,7 @@ pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 pub struct Rig {
     _camera: crate::common::Proc,
-    pub media: Media,
+    pub media: Stream,
     pub viewers: Viewers,
     trigger: Option<Trigger>,
     media_thread: Option<std::thread::JoinHandle<()>>,
@@ -306,10 +307,10 @@ impl Rig {
             camera_args.extend(["-file", clip.to_str().unwrap()]);
         }
         let camera = crate::common::fake_camera(&shm, &camera_args);
-        let media = Media::new(Arc::new(Metrics::new()));
+        let media = Stream::new("cam", &Arc::new(Metrics::new()));
         let (trigger, shutdown) = shutdown::channel();
         let config = ReaderConfig { name: shm, layout: Layout::new(TimeBits::Native) };
-        let media_thread = pipeline::spawn(config, media.clone(), shutdown.clone()).unwrap();
+        let media_thread = source::spawn_ring(config, media.clone(), shutdown.clone()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while media.hub.gop_cache_len() == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -32,7 +32,7 @@ use std::fmt;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,10 +44,12 @@ use nix::sys::stat::Mode;
 
 use crate::abi::{Layout, FORMAT_H264, MAX_FRAME_SIZE, RING_BUFFER_SIZE};
 use crate::clock::monotonic_now;
-use crate::h264::{starts_with_start_code, RawFrame};
-use crate::metrics::Metrics;
+use crate::codec::annexb::starts_with_start_code;
+use crate::codec::RawFrame;
+use crate::metrics::StreamMetrics as Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::shutdown::Shutdown;
+use crate::stream::SourceStatus;
 use crate::warn_limited;
 
 /// How long `write_index` must stand still before the newest frame counts as
@@ -181,31 +183,6 @@ impl fmt::Display for AttachError {
                 "segment is {actual} bytes, expected {expected} (daemon still starting, or a different ABI layout: see -time-bits)"
             ),
             AttachError::Map(e) => write!(f, "mmap failed: {e}"),
-        }
-    }
-}
-
-/// What `/health` and the metrics read about the camera; written only by
-/// the media thread.
-#[derive(Debug, Default)]
-pub struct CameraStatus {
-    pub attached: AtomicBool,
-    /// CLOCK_MONOTONIC nanoseconds when the last good frame was read; 0 if none.
-    pub last_frame_read_ns: AtomicU64,
-    pub last_frame_number: AtomicU64,
-    pub frames_read: AtomicU64,
-    pub width: AtomicI32,
-    pub height: AtomicI32,
-    pub camera_id: AtomicI32,
-    pub restarts: AtomicU32,
-}
-
-impl CameraStatus {
-    /// Age of the last good frame, if any was read.
-    pub fn last_frame_age(&self) -> Option<Duration> {
-        match self.last_frame_read_ns.load(Ordering::Relaxed) {
-            0 => None,
-            ns => Some(monotonic_now().saturating_sub(Duration::from_nanos(ns))),
         }
     }
 }
@@ -640,7 +617,7 @@ pub fn run(
     config: &ReaderConfig,
     shutdown: &Shutdown,
     metrics: &Metrics,
-    status: &CameraStatus,
+    status: &SourceStatus,
     mut sink: impl FnMut(ReaderEvent),
 ) {
     log::info!("camera segment {}: reading with layout {}", config.name, config.layout.describe());
@@ -655,7 +632,10 @@ pub fn run(
                 if last_error.as_deref() != Some(text.as_str()) {
                     match error {
                         AttachError::Missing => log::info!("camera segment {}: waiting ({text})", config.name),
-                        _ => log::warn!("camera segment {}: {text}; retrying", config.name),
+                        _ => {
+                            log::warn!("camera segment {}: {text}; retrying", config.name);
+                            status.set_error(text.clone());
+                        }
                     }
                     last_error = Some(text);
                 }
@@ -680,7 +660,7 @@ pub fn run(
         match end {
             FollowEnd::Shutdown => break,
             FollowEnd::Reattach => {
-                metrics.stream_gaps.with_label_values(&[GapReason::CameraRestart.label()]).inc();
+                metrics.gap(GapReason::CameraRestart.label());
                 sink(ReaderEvent::Gap(GapReason::CameraRestart));
             }
         }
@@ -692,7 +672,7 @@ fn follow(
     config: &ReaderConfig,
     shutdown: &Shutdown,
     metrics: &Metrics,
-    status: &CameraStatus,
+    status: &SourceStatus,
     sink: &mut impl FnMut(ReaderEvent),
 ) -> FollowEnd {
     let mut bad_frame_log = RateLimiter::new(Duration::from_secs(5));
@@ -771,12 +751,7 @@ fn follow(
                         continue;
                     }
                     metrics.frames_read.inc();
-                    status.frames_read.fetch_add(1, Ordering::Relaxed);
-                    status.last_frame_read_ns.store(frame.read_time.as_nanos() as u64, Ordering::Relaxed);
-                    status.last_frame_number.store(frame.frame_number, Ordering::Relaxed);
-                    status.width.store(frame.width, Ordering::Relaxed);
-                    status.height.store(frame.height, Ordering::Relaxed);
-                    status.camera_id.store(frame.camera_id, Ordering::Relaxed);
+                    status.frame_arrived(frame.frame_number, frame.width, frame.height, frame.camera_id);
                     sink(ReaderEvent::Frame(frame));
                 }
                 Err(error) if before(index, start) && segment.slot_is_blank(index) => {
@@ -787,7 +762,7 @@ fn follow(
                 Err(error) => {
                     warn_limited!(bad_frame_log, "camera segment {}: dropped malformed {error}", config.name);
                     metrics.read_errors.inc();
-                    metrics.frame_errors.with_label_values(&["read", error.label()]).inc();
+                    metrics.frame_error("read", error.label());
                     report_gap(metrics, sink, GapReason::Malformed { index: error.index() }, 1);
                 }
             }
@@ -798,7 +773,7 @@ fn follow(
 
 fn report_gap(metrics: &Metrics, sink: &mut impl FnMut(ReaderEvent), reason: GapReason, lost: u64) {
     metrics.frames_dropped.inc_by(lost);
-    metrics.stream_gaps.with_label_values(&[reason.label()]).inc();
+    metrics.gap(reason.label());
     sink(ReaderEvent::Gap(reason));
 }
 

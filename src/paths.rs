@@ -1,0 +1,140 @@
+//! Paths: what routes, metrics and the dashboard talk about. A path is a
+//! name, its configuration, its [`Stream`], and the outputs that consume
+//! it: its WebRTC [`Viewers`] and its [`Recorder`]. [`Paths`] holds them in
+//! configuration order and knows which one the legacy routes mean (`cam`,
+//! else the first).
+//!
+//! Built once at start-up from [`PathConfig`]s; each path's source is
+//! started by [`crate::source::start`]. Nothing here is on the media path:
+//! `/paths` reads snapshots.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::config::{PathConfig, LEGACY_PATH};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::recorder::{Recorder, RecorderConfig};
+use crate::shutdown::Shutdown;
+use crate::stream::Stream;
+use crate::tasks::TaskSet;
+use crate::webrtc::{Viewers, WebrtcConfig};
+
+/// One path and its outputs.
+pub struct Path {
+    pub config: PathConfig,
+    pub stream: Stream,
+    pub viewers: Viewers,
+    pub recorder: Recorder,
+}
+
+impl Path {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The path as `/paths` shows it: no URL, no credentials.
+    pub fn summary(&self, health: &Health) -> Value {
+        let source = &self.stream.source;
+        let state = source.state();
+        let recording = self.recorder.status();
+        let fps = if state.label() == "ready" { (health.fps(self.name()) * 10.0).round() / 10.0 } else { 0.0 };
+        let (width, height) = (source.width.load(Ordering::Relaxed), source.height.load(Ordering::Relaxed));
+        let codec = self
+            .stream
+            .hub
+            .parameter_sets()
+            .map(|ps| json!({"name": "H.264", "profile_level_id": ps.info.profile_level_id()}));
+        let mut summary = json!({
+            "name": self.name(),
+            "source": self.config.source.kind(),
+            "on_demand": self.config.on_demand,
+            "state": state.label(),
+            "codec": codec,
+            "width": width,
+            "height": height,
+            "fps": fps,
+            "viewers": self.viewers.count(),
+            "max_clients": self.config.max_clients,
+            "recording": recording.recording,
+            "frames_read": source.frames_read.load(Ordering::Relaxed),
+            "last_frame_age_ms": source.last_frame_age().map(|a| a.as_millis() as u64),
+        });
+        if let crate::stream::SourceState::Error(error) = state {
+            summary["error"] = json!(error);
+        }
+        summary
+    }
+}
+
+/// Every configured path.
+pub struct Paths {
+    list: Vec<Arc<Path>>,
+    legacy: usize,
+}
+
+impl Paths {
+    /// Builds each path's stream and outputs (sources are not started yet).
+    /// `webrtc` is the common WebRTC configuration; each path sets its own
+    /// client limit.
+    pub fn new(
+        configs: Vec<PathConfig>,
+        metrics: &Arc<Metrics>,
+        webrtc: &WebrtcConfig,
+        runtime: &tokio::runtime::Handle,
+        shutdown: &Shutdown,
+    ) -> Result<Paths, String> {
+        let mut list = Vec::with_capacity(configs.len());
+        for config in configs {
+            let stream = Stream::new(&config.name, metrics);
+            let mut viewer_config = webrtc.clone();
+            viewer_config.max_clients = config.max_clients;
+            viewer_config.on_demand = config.on_demand;
+            let viewers = Viewers::new(viewer_config, stream.clone(), shutdown.clone(), runtime.clone())?;
+            let record = &config.record;
+            let recorder = Recorder::with_config(
+                RecorderConfig {
+                    dir: record.dir.clone(),
+                    segment: record.segment,
+                    max_bytes: record.max_bytes,
+                    min_free: record.min_free,
+                },
+                stream.clone(),
+            );
+            list.push(Arc::new(Path { config, stream, viewers, recorder }));
+        }
+        if list.is_empty() {
+            return Err("no paths to serve".into());
+        }
+        let legacy = list.iter().position(|p| p.name() == LEGACY_PATH).unwrap_or(0);
+        metrics.set_legacy_path(list[legacy].name());
+        Ok(Paths { list, legacy })
+    }
+
+    /// Starts every path's source under `tasks`.
+    pub fn start_sources(&self, runtime: &tokio::runtime::Handle, tasks: &TaskSet, shutdown: &Shutdown) {
+        for path in &self.list {
+            crate::source::start(path.config.clone(), path.stream.clone(), runtime, tasks, shutdown.clone());
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Path>> {
+        self.list.iter().find(|p| p.name() == name)
+    }
+
+    /// The path the legacy routes and metrics mean.
+    pub fn legacy(&self) -> &Arc<Path> {
+        &self.list[self.legacy]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Path>> {
+        self.list.iter()
+    }
+
+    /// Ends the WHEP session `id` on whichever path has it.
+    pub fn close_session(&self, id: &str) -> bool {
+        self.list.iter().any(|p| p.viewers.close(id))
+    }
+}
