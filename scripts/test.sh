@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh Debian 12 machine with only the
 # Rust toolchain: installs what the tests need (ffmpeg for ffprobe, Chromium
-# and playwright-core for browser tests, Flask in a venv), then runs the
-# Rust test suite, rustfmt and clippy. .ci/run runs exactly this script.
+# and playwright-core for browser tests, GStreamer's RTSP server for RTSP
+# cameras, Flask in a venv), then runs the Rust test suite, rustfmt and
+# clippy. .ci/run runs exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -23,6 +24,12 @@ need npm npm
 need systemd-analyze systemd        # the unit file test
 need curl curl                      # scripts/flamegraph.sh, README examples, cross smoke run
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# RTSP cameras in the tests: GStreamer's RTSP server through Debian's own
+# Python (tests/rtsp_server.py runs under /usr/bin/python3, which has gi).
+need gst-launch-1.0 gstreamer1.0-tools
+/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' \
+    2>/dev/null || missing+=(python3 python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing: ${missing[*]}"
     retry as_root apt-get update

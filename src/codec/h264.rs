@@ -290,14 +290,32 @@ impl AccessUnit {
             .as_ref()
             .filter(|_| self.prepend_parameter_sets)
             .map(|ps| [ps.sps.clone(), ps.pps.clone()]);
-        prefix.into_iter().flatten().chain(self.nals.iter().map(|nal| self.data.slice(nal.range.clone())))
+        let lead = self.leading_aud();
+        let slice = |nal: &NalUnit| self.data.slice(nal.range.clone());
+        self.nals[..lead]
+            .iter()
+            .map(slice)
+            .chain(prefix.into_iter().flatten())
+            .chain(self.nals[lead..].iter().map(slice))
+    }
+
+    /// How many NAL units stay in front of inserted parameter sets: the
+    /// access unit delimiter, which must stay first (7.4.1.2.3).
+    fn leading_aud(&self) -> usize {
+        usize::from(self.nals.first().is_some_and(|nal| nal.nal_type == nal_type::AUD))
     }
 
     /// The access unit as Annex-B byte chunks, for writing to a file: the
-    /// cached parameter sets (if prepended) and then the camera's bytes.
+    /// camera's bytes, with the cached parameter sets (if prepended) after
+    /// its access unit delimiter, or in front when it has none.
     pub fn annexb_chunks(&self) -> impl Iterator<Item = &[u8]> {
         let prefix = self.parameter_sets.as_ref().filter(|_| self.prepend_parameter_sets).map(|ps| &ps.annexb[..]);
-        prefix.into_iter().chain(std::iter::once(&self.data[..]))
+        let split = match (prefix.is_some(), self.leading_aud()) {
+            (true, 1) => self.nals[0].range.end,
+            _ => 0,
+        };
+        let (head, tail) = self.data.split_at(split);
+        std::iter::once(head).filter(|h| !h.is_empty()).chain(prefix).chain(std::iter::once(tail))
     }
 
     /// What this access unit costs in memory while queued or cached: its
@@ -602,6 +620,21 @@ mod tests {
         assert_eq!(file, annexb(&[SPS_640X360, PPS, idr]));
         assert_eq!(second.annexb_len(), file.len());
         assert_eq!(second.parameter_sets.as_ref().unwrap().generation, 1);
+    }
+
+    #[test]
+    fn parameter_sets_go_after_the_access_unit_delimiter() {
+        let mut p = Processor::new();
+        let aud: &[u8] = &[0x09, 0xf0];
+        let idr: &[u8] = &[0x65, 0x88, 0x84];
+        p.process(raw(&annexb(&[aud, SPS_640X360, PPS, idr]), 0)).unwrap();
+        let second = p.process(raw(&annexb(&[aud, idr]), 1)).unwrap();
+        assert!(second.prepend_parameter_sets);
+        let nals: Vec<Bytes> = second.nal_units().collect();
+        assert_eq!(nals, [aud, SPS_640X360, PPS, idr].map(Bytes::from_static));
+        let file: Vec<u8> = second.annexb_chunks().flatten().copied().collect();
+        assert_eq!(file, annexb(&[aud, SPS_640X360, PPS, idr]));
+        assert_eq!(second.annexb_len(), file.len());
     }
 
     #[test]

@@ -267,3 +267,30 @@ pub fn assert_idr_after_every_gap(recording: &[u8], clip: &[u8]) -> (u64, u64) {
     }
     (count, gaps)
 }
+
+/// Like [`assert_run_of_clip`] for a stream that crossed RTP: RTP carries
+/// NAL units without their start codes, so a receiver writes every start
+/// code with 4 bytes. Each access unit of `recording` must have exactly the
+/// NAL units, byte for byte and in order, of the next access unit of the
+/// looped `clip`, starting at one of its IDRs. Returns the number of
+/// access units.
+pub fn assert_nal_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
+    use streaming_server::codec::h264::{nal_type, nal_unit_type, split_access_units, split_annexb};
+    let nals = |au: &[u8]| -> Vec<Vec<u8>> { split_annexb(au).into_iter().map(|r| au[r].to_vec()).collect() };
+    let units: Vec<Vec<Vec<u8>>> = split_access_units(clip).into_iter().map(|r| nals(&clip[r])).collect();
+    let got: Vec<Vec<Vec<u8>>> = split_access_units(recording).into_iter().map(|r| nals(&recording[r])).collect();
+    assert!(!units.is_empty() && !got.is_empty());
+    let is_idr = |au: &[Vec<u8>]| au.iter().any(|n| nal_unit_type(n) == nal_type::IDR);
+    let start = (0..units.len())
+        .find(|&i| is_idr(&units[i]) && units[i] == got[0])
+        .unwrap_or_else(|| panic!("the recording does not start with an IDR access unit of the clip"));
+    for (count, au) in got.iter().enumerate() {
+        let want = &units[(start + count) % units.len()];
+        assert!(
+            au == want,
+            "access unit {count} of the recording differs from clip AU {} (skipped or repeated frame?)",
+            (start + count) % units.len()
+        );
+    }
+    got.len() as u64
+}

@@ -10,11 +10,14 @@
 //! - Exactly one `Gap` is emitted between two frames that are not
 //!   continuous, and none before the very first frame.
 //! - retina strips in-band VPS/SPS/PPS from every frame and keeps a
-//!   canonical copy (from the SDP or in band). The first random-access frame
-//!   of each session, and the first one after a parameter change, gets that
-//!   copy inserted right after its AUD (the AUD stays first, as H.264
-//!   7.4.1.2.3 / H.265 7.4.2.4.4 require), so that downstream sees the
-//!   parameter sets in band before it needs them.
+//!   canonical copy (from the SDP or in band). Every random-access frame
+//!   gets that copy back, right after its AUD (the AUD stays first, as
+//!   H.264 7.4.1.2.3 / H.265 7.4.2.4.4 require): where the camera sent them
+//!   before each keyframe (most do) the frame is again exactly what the
+//!   camera sent, so frames from RTSP and from the ring look alike and a
+//!   recording of an RTSP path equals the camera's stream access unit by
+//!   access unit; where it sent them once, each keyframe now carries them,
+//!   which every consumer is glad of.
 
 use std::time::Duration;
 
@@ -68,7 +71,6 @@ pub struct Gate {
     codec: VideoCodec,
     transport: Transport,
     params: Option<Params>,
-    insert_params: bool,
     wait_for_keyframe: bool,
     connected_sent: bool,
     clock: CaptureClock,
@@ -86,7 +88,6 @@ impl Gate {
             codec: VideoCodec::H264,
             transport: Transport::Tcp,
             params: None,
-            insert_params: true,
             wait_for_keyframe: true,
             connected_sent: false,
             clock: CaptureClock::new(max_jump),
@@ -102,7 +103,6 @@ impl Gate {
         self.codec = codec;
         self.transport = transport;
         self.params = params;
-        self.insert_params = true;
         self.wait_for_keyframe = true;
         self.connected_sent = false;
         self.clock = CaptureClock::new(self.max_jump);
@@ -117,9 +117,6 @@ impl Gate {
 
     /// The frame about to be handed to [`Gate::frame`] set new parameters.
     pub fn new_parameters(&mut self, params: Option<Params>) {
-        if params.is_some() && params != self.params {
-            self.insert_params = true;
-        }
         if params.is_some() {
             self.params = params;
         }
@@ -156,8 +153,7 @@ impl Gate {
                 transport: self.transport,
             });
         }
-        let data = if frame.is_random_access && self.insert_params {
-            self.insert_params = false;
+        let data = if frame.is_random_access {
             insert_parameter_sets(self.codec, &frame.data, &params.annexb)
         } else {
             frame.data
@@ -296,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn waits_for_keyframe_inserts_once_and_sends_connected_first() {
+    fn waits_for_keyframe_inserts_at_every_keyframe_and_sends_connected_first() {
         let mut gate = Gate::new(Duration::from_secs(1));
         gate.start_session(VideoCodec::H264, Transport::Tcp, Some(params()));
         let events = run(
@@ -312,7 +308,7 @@ mod tests {
         assert!(matches!(events[0], SourceEvent::Connected { width: 640, height: 360, .. }));
         assert_eq!(data(&events[1]), [AUD, SPS_PPS, IDR].concat());
         assert_eq!(data(&events[2]), [AUD, P].concat());
-        assert_eq!(data(&events[3]), [AUD, IDR].concat(), "inserted once per session");
+        assert_eq!(data(&events[3]), [AUD, SPS_PPS, IDR].concat(), "restored at every keyframe");
         assert_eq!(gate.stats.dropped_waiting_for_keyframe, 1);
     }
 
@@ -341,7 +337,7 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["connected", "frame", "gap", "frame"]);
         assert_eq!(events[2], SourceEvent::Gap { reason: GapReason::Loss { packets: 2 } });
-        assert_eq!(data(&events[3]), [AUD, IDR].concat(), "same session, same parameters: not inserted again");
+        assert_eq!(data(&events[3]), [AUD, SPS_PPS, IDR].concat());
     }
 
     #[test]
@@ -380,10 +376,10 @@ mod tests {
         let events = run(&mut gate, vec![frame(&[AUD, P], 9000, false, 0), frame(&[AUD, IDR], 12000, true, 0)]);
         assert_eq!(data(&events[0]), [AUD, P].concat());
         assert_eq!(data(&events[1]), [AUD, &changed.annexb[..], IDR].concat());
-        // The same parameters again: nothing inserted.
-        gate.new_parameters(Some(changed));
+        // The same parameters again: the same ones in front.
+        gate.new_parameters(Some(changed.clone()));
         let events = run(&mut gate, vec![frame(&[AUD, IDR], 15000, true, 0)]);
-        assert_eq!(data(&events[0]), [AUD, IDR].concat());
+        assert_eq!(data(&events[0]), [AUD, &changed.annexb[..], IDR].concat());
     }
 
     #[test]
