@@ -179,6 +179,9 @@ pub struct LoadClientArgs {
     /// File holding the server's bearer token, if it requires one.
     #[arg(long = "auth-token-file")]
     pub auth_token_file: Option<PathBuf>,
+    /// The path to watch (POST /NAME/offer); the legacy /offer when empty.
+    #[arg(long, default_value = "")]
+    pub path: String,
 }
 
 impl FakeCameraArgs {

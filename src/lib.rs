@@ -1,27 +1,30 @@
-//! streaming-server: serves a camera daemon's hardware-encoded H.264 from
-//! POSIX shared memory to browsers over WebRTC and to raw `.h264` files,
-//! without decoding or re-encoding.
+//! streaming-server: serves cameras' hardware-encoded H.264 (a camera
+//! daemon's POSIX shared memory, IP cameras over RTSP) to browsers over
+//! WebRTC and to raw `.h264` files, without decoding or re-encoding.
 //!
-//! Data flows one way:
+//! Data flows one way, per path (one camera):
 //!
 //! ```text
-//! camera daemon --shm--> shm (reader) -> h264 (processor) -> hub (fan-out) -+-> webrtc viewers
-//!                        \________ media thread: pipeline ________/         +-> recorder
+//! source (ring | rtsp | demo) -> Feed: codec processor -> hub (fan-out) -+-> webrtc viewers
+//!                                                                          +-> recorder
 //! ```
 //!
 //! Module map:
-//! - [`abi`]: the daemon's segment layout, checked against its C header.
-//! - [`shm`]: attaches to the segment and copies every complete frame once.
-//! - [`h264`]: Annex-B splitting, SPS parsing, SPS/PPS cache, IDR rules.
-//! - [`hub`]: bounded per-consumer queues, GOP cache, drop-to-next-IDR.
-//! - [`pipeline`]: the media thread joining the three above.
+//! - [`config`]: `-config` YAML and the legacy flags -> checked path configurations.
+//! - [`paths`]: each path's stream and outputs; [`stream`]: the stream value
+//!   (hub, source status, metrics, demand).
+//! - [`source`]: the sources ([`source::ring`]: the daemon's ring, whose
+//!   layout is in [`abi`]; [`source::rtsp`]: IP cameras; the demo camera) and
+//!   their supervisor; [`fake_camera`]: a daemon stand-in that plays a clip.
+//! - [`codec`]: Annex-B splitting and the H.264 processor (SPS parsing, SPS/PPS
+//!   cache, IDR rules).
+//! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
 //! - [`recorder`]: raw `.h264` files on their own thread.
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
-//!   routes), [`health`], [`profiling`] (pprof) are its services.
-//! - [`fake_camera`]: a daemon stand-in that plays a clip into a segment;
-//!   [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
-//! - [`systemd`]: sd_notify readiness and a watchdog fed by the media path.
+//!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
+//! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
+//! - [`systemd`]: sd_notify readiness and a watchdog fed by the media threads.
 //! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`]:
 //!   shared leaves that know nothing of video.
 

@@ -254,6 +254,8 @@ pub struct LoadOptions {
     pub local_ip: IpAddr,
     /// Bearer token for `-auth-token-file` servers.
     pub token: Option<String>,
+    /// The path to watch (`/NAME/offer`); empty for the legacy `/offer`.
+    pub path: String,
 }
 
 mod peer {
@@ -387,7 +389,7 @@ mod peer {
 
         let started = Instant::now();
         *stats.lock().unwrap_or_else(|e| e.into_inner()) = ReceiverStats::start(started);
-        let answer = post_offer(&options.url, &offer, options.token.as_deref()).await?;
+        let answer = post_offer(&options.url, &options.path, &offer, options.token.as_deref()).await?;
         *abs_capture_id.lock().unwrap_or_else(|e| e.into_inner()) = extmap_id(&answer, ABS_CAPTURE_TIME_URI);
         pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?)
             .await
@@ -435,8 +437,9 @@ mod peer {
     /// POST /offer on a blocking thread (ureq); returns the answer SDP. A 503
     /// (all negotiation slots busy, or the camera not started yet) is retried
     /// after its Retry-After, as the viewer page does, for up to 15 s.
-    async fn post_offer(url: &str, offer: &str, token: Option<&str>) -> Result<String, String> {
-        let endpoint = format!("{}/offer", url.trim_end_matches('/'));
+    async fn post_offer(url: &str, path: &str, offer: &str, token: Option<&str>) -> Result<String, String> {
+        let prefix = if path.is_empty() { String::new() } else { format!("/{path}") };
+        let endpoint = format!("{}{prefix}/offer", url.trim_end_matches('/'));
         let body = serde_json::json!({"type": "offer", "sdp": offer}).to_string();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

@@ -108,6 +108,7 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
         stagger: Duration::from_millis(args.stagger_ms),
         local_ip: args.local_ip,
         token,
+        path: args.path.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let report = runtime.block_on(load_client::run(options));

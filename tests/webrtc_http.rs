@@ -148,6 +148,7 @@ async fn the_load_client_gets_capture_times_and_sane_latencies() {
         stagger: Duration::from_millis(37),
         local_ip: "127.0.0.1".parse().unwrap(),
         token: None,
+        path: "cam".into(),
     };
     let report = streaming_server::load_client::run(options).await;
     assert_eq!(report.connected, 2, "{:?}", report.per_viewer.iter().map(|v| &v.error).collect::<Vec<_>>());
