@@ -14,7 +14,7 @@
 //! 32-bit ARM: pprof 0.15 arms its timer through its own `itimerval` with
 //! 64-bit fields, which a 32-bit `time_t` kernel ABI reads as "interval 0,
 //! first expiry in 10000 s", so no sample is ever taken. Right after pprof
-//! starts, [`arm_timer`] sets the same timer again through `libc`'s
+//! starts, `arm_timer` sets the same timer again through `libc`'s
 //! `itimerval`, which has the target's real layout (a no-op change on
 //! 64-bit targets, so the same code runs everywhere). pprof's own stop
 //! writes all zeroes, which disarms correctly under either layout.

@@ -1,16 +1,19 @@
 //! Control plane on `-http` (`../shared/API.md`): WebRTC signaling
-//! (`/offer`, WHEP), recording (`/start`, `/stop`, `/status`), `/health`
-//! and the viewer page; plus the `-metrics` listener.
+//! (`/offer`, WHEP), recording (`/start`, `/stop`, `/status`), `/health`,
+//! each per path under `/NAME/` too, `/paths`, the dashboard and the viewer
+//! pages; plus the `-metrics` listener.
 //!
 //! In: HTTP requests, from the Flask app's server, its pages in browsers
 //! (CORS), scripts and Prometheus. Out: JSON answers (every error is
 //! `{"success":false,"error":"..."}` with `Content-Type:
-//! application/json`), commands to the [`Recorder`] and [`Viewers`].
+//! application/json`), commands to a path's
+//! [`Recorder`](crate::recorder::Recorder) and
+//! [`Viewers`](crate::webrtc::Viewers).
 //! Tasks: connection tasks of [`crate::http`] on the process's runtime;
 //! recorder start and stop (file creation, fsync) run on tokio's blocking
 //! pool. Nothing here runs on, waits for or locks the media path: it reads
-//! [`CameraStatus`](crate::source::ring::CameraStatus) atomics, hub snapshots and
-//! recorder status copies.
+//! [`SourceStatus`](crate::stream::SourceStatus) atomics, hub snapshots
+//! and recorder status copies.
 //!
 //! Bad input: unknown paths are 404 before anything else is looked at (no
 //! path ever reaches the filesystem), wrong methods 405 with `Allow`, a

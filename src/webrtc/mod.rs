@@ -8,7 +8,7 @@
 //! Tasks: each viewer is one task on the process's tokio runtime (plus one
 //! for its RTCP feedback) next to the `webrtc` crate's own driver task for
 //! its peer connection. Viewer tasks live in a [`TaskSet`] that shutdown
-//! waits for, and each owns a [`SlotGuard`]: its slot, the client gauge and
+//! waits for, and each owns a `SlotGuard`: its slot, the client gauge and
 //! its usage entry are freed when the task ends, however it ends (a panic
 //! included). The media thread is never blocked: the hub only pushes into
 //! a viewer's queue.
