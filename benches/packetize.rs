@@ -14,23 +14,27 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtc::shared::marshal::Marshal;
-use streaming_server::codec::h264::{split_annexb, AccessUnit, Processor, RawFrame};
+use streaming_server::codec::h264::split_annexb;
+use streaming_server::codec::{AccessUnit, Codec, Processor, RawFrame};
 use streaming_server::fake_camera::Clip;
-use streaming_server::webrtc::packetizer::{packetize, rtp_packet, PacketCache, MAX_PAYLOAD};
+use streaming_server::rtp::{packetize, rtp_packet, PacketCache, MAX_PAYLOAD};
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this too,
     // without it: a quick smoke run on the demo clip there.
     let benching = std::env::args().any(|a| a == "--bench");
     let path = clip::clip_path(benching).unwrap_or_else(|e| panic!("bench clip: {e}"));
-    let clip = Clip::parse(&std::fs::read(&path).expect("read the clip")).expect("parse the clip");
-    let mut processor = Processor::new();
+    let clip =
+        Clip::parse(&std::fs::read(&path).expect("read the clip"), streaming_server::fake_camera::codec_of_file(&path))
+            .expect("parse the clip");
+    let mut processor = Processor::new(Codec::H264);
     let units: Vec<Arc<AccessUnit>> = clip
         .units
         .iter()
         .enumerate()
         .filter_map(|(i, unit)| {
             let frame = RawFrame {
+                codec: Codec::H264,
                 data: Bytes::from(unit.clone()),
                 frame_number: i as u64,
                 index: i as u32,
@@ -81,7 +85,7 @@ fn main() {
             let took = started.elapsed();
             packets += p.payloads.len();
             std::hint::black_box(&p);
-            if au.is_idr {
+            if au.is_keyframe {
                 idr.push(took)
             } else {
                 other.push(took)

@@ -52,7 +52,10 @@ fn main() -> Result<(), String> {
     let seconds: u64 =
         std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if benching { 60 } else { 1 });
     let clip_path = clip::clip_path(benching)?;
-    let clip = Clip::parse(&std::fs::read(&clip_path).map_err(|e| e.to_string())?)?;
+    let clip = Clip::parse(
+        &std::fs::read(&clip_path).map_err(|e| e.to_string())?,
+        streaming_server::fake_camera::codec_of_file(&clip_path),
+    )?;
     let bytes: usize = clip.units.iter().map(Vec::len).sum();
     let mbps = bytes as f64 * 8.0 / (clip.units.len() as f64 / 30.0) / 1e6;
     println!(
@@ -70,7 +73,7 @@ fn main() -> Result<(), String> {
 
     let (trigger, stop) = shutdown::channel();
     let media = Stream::new("cam", &Arc::new(Metrics::new()));
-    let config = ReaderConfig { name: shm.clone(), layout };
+    let config = ReaderConfig { name: shm.clone(), layout, format3: streaming_server::codec::Codec::H264 };
     let (cpu_tx, cpu_rx) = mpsc::channel();
     let media_thread = {
         let media = media.clone();

@@ -24,6 +24,10 @@
 #define FORMAT_NV12 1
 #define FORMAT_RGB 2
 #define FORMAT_H264 3
+/* Extension (ABI.md): a daemon that encodes H.265 writes Annex-B H.265 access
+ * units, VPS/SPS/PPS before IRAP pictures as its encoder emits them, with
+ * format 4; layout and writer protocol are unchanged. */
+#define FORMAT_H265 4
 
 typedef struct {
     uint64_t frame_number;     /* monotonic counter from the daemon    */

@@ -21,6 +21,8 @@ pub const RING_BUFFER_SIZE: u32 = 30;
 pub const MAX_FRAME_SIZE: usize = 1920 * 1080 * 3 / 2;
 /// `format` value of an H.264 Annex-B access unit.
 pub const FORMAT_H264: i32 = 3;
+/// H.265 Annex-B in the same ring (ABI.md, "Extension: H.265 in the same ring").
+pub const FORMAT_H265: i32 = 4;
 /// The segment name the daemon uses unless configured otherwise.
 pub const DEFAULT_SHM_NAME: &str = "/pet_camera_stream";
 

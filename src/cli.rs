@@ -101,6 +101,9 @@ pub struct Args {
     /// Run a built-in fake camera playing a demo clip (no camera needed).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub demo: bool,
+    /// The demo clip's codec: h264 or h265.
+    #[arg(long = "demo-codec", default_value = "h264", value_parser = parse_codec)]
+    pub demo_codec: crate::codec::Codec,
     /// YAML file with the paths to serve (shared memory, RTSP cameras,
     /// demo); see docs/operations.md. The camera flags, when given too,
     /// describe the path `cam`.
@@ -127,9 +130,14 @@ pub struct FakeCameraArgs {
     /// Segment to create.
     #[arg(long, default_value = DEFAULT_SHM_NAME)]
     pub shm: String,
-    /// Annex-B .h264 file to play (default: the built-in demo clip).
+    /// Annex-B .h264 or .h265 file to play (by its name; default: the
+    /// built-in demo clip).
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// The ring's `format` to write (default: 3 for H.264, 4 for H.265;
+    /// 3 with an H.265 clip acts as an older daemon).
+    #[arg(long)]
+    pub format: Option<i32>,
     #[arg(long, default_value_t = 30.0)]
     pub fps: f64,
     /// Stop after this many frames (default: loop until stopped).
@@ -200,6 +208,15 @@ impl FakeCameraArgs {
     }
 }
 
+/// `h264` or `h265` (also `hevc`, `avc`).
+pub fn parse_codec(text: &str) -> Result<crate::codec::Codec, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "h264" | "h.264" | "avc" => Ok(crate::codec::Codec::H264),
+        "h265" | "h.265" | "hevc" => Ok(crate::codec::Codec::H265),
+        other => Err(format!("codec {other:?}: h264 or h265")),
+    }
+}
+
 /// Rewrites Go-style `-flag` / `-flag=value` to `--flag...`; leaves `-h`,
 /// `--flag`, `-` and values alone.
 pub fn normalize_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
@@ -225,7 +242,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Args {
     let matches = Args::command().get_matches_from(normalize_go_flags(args));
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-    args.camera_flag_given = given("shm") || given("demo") || given("time_bits");
+    args.camera_flag_given = given("shm") || given("demo") || given("time_bits") || given("demo_codec");
     args
 }
 

@@ -27,6 +27,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer};
 
 use crate::abi::TimeBits;
+use crate::codec::Codec;
 
 /// Top-level routes a path name may not take (`/NAME/...` would hide them).
 pub const RESERVED_NAMES: &[&str] = &[
@@ -50,12 +51,14 @@ pub const LEGACY_PATH: &str = "cam";
 /// Where a path's frames come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceConfig {
-    /// The camera daemon's shared-memory ring.
-    Ring { segment: String, time_bits: TimeBits },
-    /// An IP camera over RTSP.
+    /// The camera daemon's shared-memory ring. `codec` is what `format` 3
+    /// means there (H.264, or H.265 for an older daemon that says 3).
+    Ring { segment: String, time_bits: TimeBits, codec: Codec },
+    /// An IP camera over RTSP (its SDP says the codec).
     Rtsp(RtspSourceConfig),
-    /// The built-in fake camera (a ring of its own, played in-process).
-    Demo,
+    /// The built-in fake camera (a ring of its own, played in-process),
+    /// playing the demo clip of `codec`.
+    Demo { codec: Codec },
 }
 
 impl SourceConfig {
@@ -64,7 +67,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Ring { .. } => "shm",
             SourceConfig::Rtsp(_) => "rtsp",
-            SourceConfig::Demo => "demo",
+            SourceConfig::Demo { .. } => "demo",
         }
     }
 }
@@ -125,6 +128,9 @@ pub struct PathConfig {
     pub on_demand_close_after: Duration,
     pub record: RecordConfig,
     pub max_clients: usize,
+    /// An H.264 path that viewers whose browsers cannot play this path's
+    /// codec (H.265) are given instead, e.g. the camera's H.264 substream.
+    pub fallback: Option<String>,
 }
 
 /// A configuration error: where, and what.
@@ -158,6 +164,8 @@ pub struct FlagDefaults {
     pub shm: String,
     pub time_bits: TimeBits,
     pub demo: bool,
+    /// The codec of the demo clip (`-demo-codec`).
+    pub demo_codec: Codec,
     /// True when `-shm`, `-demo` or `-time-bits` was given on the command
     /// line (with `-config`, those flags then define `cam`).
     pub camera_flag_given: bool,
@@ -172,9 +180,9 @@ impl FlagDefaults {
     /// The `cam` path the flags describe.
     pub fn legacy_path(&self) -> PathConfig {
         let source = if self.demo {
-            SourceConfig::Demo
+            SourceConfig::Demo { codec: self.demo_codec }
         } else {
-            SourceConfig::Ring { segment: self.shm.clone(), time_bits: self.time_bits }
+            SourceConfig::Ring { segment: self.shm.clone(), time_bits: self.time_bits, codec: Codec::H264 }
         };
         PathConfig {
             name: LEGACY_PATH.into(),
@@ -183,6 +191,7 @@ impl FlagDefaults {
             on_demand_close_after: DEFAULT_CLOSE_AFTER,
             record: self.record_for(LEGACY_PATH),
             max_clients: self.max_clients,
+            fallback: None,
         }
     }
 
@@ -230,6 +239,10 @@ struct PathEntry {
     record: Option<RecordEntry>,
     #[serde(default)]
     max_clients: Option<usize>,
+    #[serde(default)]
+    codec: Option<String>,
+    #[serde(default)]
+    fallback: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -363,13 +376,26 @@ pub fn parse(text: &str, flags: &FlagDefaults) -> Result<Vec<PathConfig>, ParseE
             on_demand_close_after: close_after,
             record,
             max_clients: entry.max_clients.unwrap_or(flags.max_clients),
+            fallback: entry.fallback.clone(),
         });
+    }
+    // A fallback names another path that exists.
+    for path in &out {
+        let Some(fallback) = &path.fallback else { continue };
+        let fail = |message: String| (line_of_path(text, &path.name), Some(path.name.clone()), message);
+        if fallback == &path.name {
+            return Err(fail("fallback names the path itself".into()));
+        }
+        if !out.iter().any(|p| &p.name == fallback) {
+            return Err(fail(format!("fallback {fallback:?} is not a path of this file")));
+        }
     }
     Ok(out)
 }
 
 fn parse_source(entry: &PathEntry) -> Result<SourceConfig, String> {
     let source = entry.source.trim();
+    let codec = entry.codec.as_deref().map(crate::cli::parse_codec).transpose()?;
     let rtsp_only = |field: &str, given: bool| {
         if given {
             Err(format!("{field} applies to rtsp:// sources only"))
@@ -387,14 +413,17 @@ fn parse_source(entry: &PathEntry) -> Result<SourceConfig, String> {
             None => TimeBits::Native,
             Some(text) => TimeBits::parse(text).map_err(|e| format!("timeBits: {e}"))?,
         };
-        return Ok(SourceConfig::Ring { segment: segment.to_string(), time_bits });
+        return Ok(SourceConfig::Ring { segment: segment.to_string(), time_bits, codec: codec.unwrap_or(Codec::H264) });
     }
     if entry.time_bits.is_some() {
         return Err("timeBits applies to shm: sources only".into());
     }
     if source == "demo" {
         rtsp_only("user/pass", entry.user.is_some() || entry.pass.is_some())?;
-        return Ok(SourceConfig::Demo);
+        return Ok(SourceConfig::Demo { codec: codec.unwrap_or(Codec::H264) });
+    }
+    if codec.is_some() {
+        return Err("codec applies to shm: and demo sources (an RTSP camera's SDP says its codec)".into());
     }
     if source.starts_with("rtsp://") || source.starts_with("rtsps://") {
         let url = url::Url::parse(source).map_err(|e| format!("source: not a URL ({e})"))?;
@@ -444,6 +473,7 @@ mod tests {
             shm: "/pet_camera_stream".into(),
             time_bits: TimeBits::Native,
             demo: false,
+            demo_codec: Codec::H264,
             camera_flag_given: false,
             record_path: "./recordings".into(),
             record_segment: None,
@@ -460,7 +490,11 @@ mod tests {
         assert_eq!(paths[0].name, "cam");
         assert_eq!(
             paths[0].source,
-            SourceConfig::Ring { segment: "/pet_camera_stream".into(), time_bits: TimeBits::Native }
+            SourceConfig::Ring {
+                segment: "/pet_camera_stream".into(),
+                time_bits: TimeBits::Native,
+                codec: Codec::H264
+            }
         );
         assert_eq!(paths[0].record.dir, PathBuf::from("./recordings"));
     }
@@ -488,7 +522,10 @@ paths:
         let names: Vec<&str> = paths.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["day", "garage", "demo1"]);
         let bits = TimeBits::parse("64").unwrap();
-        assert_eq!(paths[0].source, SourceConfig::Ring { segment: "/pet_camera_stream_day".into(), time_bits: bits });
+        assert_eq!(
+            paths[0].source,
+            SourceConfig::Ring { segment: "/pet_camera_stream_day".into(), time_bits: bits, codec: Codec::H264 }
+        );
         let garage = &paths[1];
         assert!(garage.on_demand);
         assert_eq!(garage.on_demand_close_after, Duration::from_secs(30));
@@ -499,7 +536,7 @@ paths:
         let SourceConfig::Rtsp(rtsp) = &garage.source else { panic!() };
         assert_eq!(rtsp.transport, RtspTransport::Tcp);
         assert!(!format!("{rtsp:?}").contains("secret"));
-        assert_eq!(paths[2].source, SourceConfig::Demo);
+        assert_eq!(paths[2].source, SourceConfig::Demo { codec: Codec::H264 });
         assert_eq!(paths[2].max_clients, 10, "the flag's default");
     }
 
@@ -515,6 +552,9 @@ paths:
             ("paths:\n  cam:\n    source: rtsp://cam/x\n    rtspTransport: quic\n", 2, "tcp, udp or auto"),
             ("paths:\n  cam:\n    source: demo\n    record:\n      segment: 10x\n", 2, "record.segment"),
             ("paths:\n  cam:\n    source: shm:/a\n    timeBits: 48\n", 2, "timeBits"),
+            ("paths:\n  cam:\n    source: shm:/a\n    codec: vp8\n", 2, "h264 or h265"),
+            ("paths:\n  cam:\n    source: rtsp://c/x\n    codec: h265\n", 2, "SDP says its codec"),
+            ("paths:\n  cam:\n    source: demo\n    fallback: nope\n", 2, "not a path"),
             ("paths:\n  cam: [\n", 2, "invalid type"),
         ];
         for (text, line, needle) in cases {

@@ -10,9 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::abi::{Layout, FORMAT_H264, MAX_FRAME_SIZE};
+use crate::abi::{Layout, FORMAT_H264, FORMAT_H265, MAX_FRAME_SIZE};
 use crate::clock::monotonic_now;
-use crate::codec::h264::{nal_type, nal_unit_type, parse_sps, split_access_units, split_annexb};
+use crate::codec::annexb::split_annexb;
+use crate::codec::{h264, h265, Codec};
 use crate::shutdown::Shutdown;
 use crate::source::ring::{AttachError, Segment, WriteFrame};
 
@@ -20,9 +21,19 @@ use crate::source::ring::{AttachError, Segment, WriteFrame};
 /// fps, an IDR every second, with a moving test pattern, a clock and a
 /// frame counter (made by `scripts/make-demo-clip.sh`).
 pub static DEMO_CLIP: &[u8] = include_bytes!("../assets/demo.h264");
+/// The same picture in H.265 (`scripts/make-demo-clip-h265.sh`).
+pub static DEMO_CLIP_H265: &[u8] = include_bytes!("../assets/demo.h265");
+
+/// The built-in demo clip of `codec`.
+pub fn demo_clip(codec: Codec) -> Result<Clip, String> {
+    match codec {
+        Codec::H264 => Clip::parse(DEMO_CLIP, Codec::H264),
+        Codec::H265 => Clip::parse(DEMO_CLIP_H265, Codec::H265),
+    }
+}
 
 /// Kinds of malformed frame the fake camera can inject, in turn.
-pub const MALFORMED_KINDS: [&str; 4] = ["empty", "too_large", "not_h264", "not_annexb"];
+pub const MALFORMED_KINDS: [&str; 4] = ["empty", "too_large", "bad_format", "not_annexb"];
 
 #[derive(Clone, Debug)]
 pub struct FakeCameraOptions {
@@ -71,9 +82,13 @@ impl FakeCameraOptions {
 /// The clip's access units and picture size.
 #[derive(Debug)]
 pub struct Clip {
+    pub codec: Codec,
     pub units: Vec<Vec<u8>>,
     pub width: i32,
     pub height: i32,
+    /// The ring's `format` for these frames: 3 (H.264) or 4 (H.265); an
+    /// older daemon writes H.265 with 3 (`fake-camera -format 3`).
+    pub format: i32,
 }
 
 impl Clip {
@@ -86,25 +101,47 @@ impl Clip {
             camera_id: 0,
             width: self.width,
             height: self.height,
-            format: FORMAT_H264,
+            format: self.format,
             data_size: unit.len() as u64,
             data: unit,
             post: true,
         }
     }
 
-    pub fn parse(stream: &[u8]) -> Result<Clip, String> {
-        let units: Vec<Vec<u8>> = split_access_units(stream).into_iter().map(|r| stream[r].to_vec()).collect();
+    /// The access units of an Annex-B elementary stream of `codec`.
+    pub fn parse(stream: &[u8], codec: Codec) -> Result<Clip, String> {
+        let units: Vec<Vec<u8>> = codec.split_access_units(stream).into_iter().map(|r| stream[r].to_vec()).collect();
         if units.is_empty() {
-            return Err("the clip holds no H.264 access units".into());
+            return Err(format!("the clip holds no {codec} access units"));
         }
         if let Some(unit) = units.iter().find(|u| u.len() > MAX_FRAME_SIZE) {
             return Err(format!("an access unit of {} bytes exceeds MAX_FRAME_SIZE", unit.len()));
         }
-        let sps = split_annexb(stream).into_iter().map(|r| &stream[r]).find(|nal| nal_unit_type(nal) == nal_type::SPS);
-        let info = sps.ok_or("the clip has no SPS")?;
-        let info = parse_sps(info).map_err(|e| format!("the clip's SPS: {e}"))?;
-        Ok(Clip { units, width: info.width as i32, height: info.height as i32 })
+        let nals = || split_annexb(stream).into_iter().map(|r| &stream[r]);
+        let (width, height, format) = match codec {
+            Codec::H264 => {
+                let sps =
+                    nals().find(|nal| h264::nal_unit_type(nal) == h264::nal_type::SPS).ok_or("the clip has no SPS")?;
+                let info = h264::parse_sps(sps).map_err(|e| format!("the clip's SPS: {e}"))?;
+                (info.width, info.height, FORMAT_H264)
+            }
+            Codec::H265 => {
+                let sps =
+                    nals().find(|nal| h265::nal_unit_type(nal) == h265::nal_type::SPS).ok_or("the clip has no SPS")?;
+                let info = h265::parse_sps(sps).map_err(|e| format!("the clip's SPS: {e}"))?;
+                (info.width, info.height, FORMAT_H265)
+            }
+        };
+        Ok(Clip { codec, units, width: width as i32, height: height as i32, format })
+    }
+}
+
+/// The codec of a clip file by its name: `.h265`/`.hevc` are H.265,
+/// everything else H.264.
+pub fn codec_of_file(path: &std::path::Path) -> Codec {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("h265" | "hevc" | "265") => Codec::H265,
+        _ => Codec::H264,
     }
 }
 
@@ -115,9 +152,11 @@ pub fn run(options: &FakeCameraOptions, clip: &Clip, shutdown: &Shutdown) -> Res
     let mut segment = Segment::create(&options.shm_name, options.layout)?;
     segment.set_write_index(options.start_index);
     log::info!(
-        "fake camera: writing {}x{} H.264 at {} fps into {} ({} access units in the clip)",
+        "fake camera: writing {}x{} {} (format {}) at {} fps into {} ({} access units in the clip)",
         clip.width,
         clip.height,
+        clip.codec,
+        clip.format,
         options.fps,
         options.shm_name,
         clip.units.len()
@@ -150,7 +189,7 @@ pub fn run(options: &FakeCameraOptions, clip: &Clip, shutdown: &Shutdown) -> Res
             match kind {
                 "empty" => frame.data_size = 0,
                 "too_large" => frame.data_size = MAX_FRAME_SIZE as u64 + 1,
-                "not_h264" => frame.format = 1,
+                "bad_format" => frame.format = 1,
                 _ => {
                     frame.data = &garbage;
                     frame.data_size = garbage.len() as u64;
@@ -188,17 +227,24 @@ mod tests {
 
     #[test]
     fn the_demo_clip_is_640x360_with_an_idr_every_second() {
-        let clip = Clip::parse(DEMO_CLIP).unwrap();
-        assert_eq!((clip.width, clip.height), (640, 360));
+        let clip = Clip::parse(DEMO_CLIP, Codec::H264).unwrap();
+        assert_eq!((clip.width, clip.height, clip.format), (640, 360, FORMAT_H264));
         assert_eq!(clip.units.len(), 180);
         let idrs: Vec<usize> = clip
             .units
             .iter()
             .enumerate()
-            .filter(|(_, u)| split_annexb(u).iter().any(|r| nal_unit_type(&u[r.clone()]) == nal_type::IDR))
+            .filter(|(_, u)| split_annexb(u).iter().any(|r| h264::nal_unit_type(&u[r.clone()]) == h264::nal_type::IDR))
             .map(|(i, _)| i)
             .collect();
         assert_eq!(idrs, (0..6).map(|s| s * 30).collect::<Vec<_>>());
         assert_eq!(clip.units.concat(), DEMO_CLIP);
+    }
+
+    #[test]
+    fn the_h265_demo_clip_is_its_twin() {
+        let clip = demo_clip(Codec::H265).unwrap();
+        assert_eq!((clip.width, clip.height, clip.format, clip.units.len()), (640, 360, FORMAT_H265, 180));
+        assert_eq!(clip.units.concat(), DEMO_CLIP_H265);
     }
 }

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus::IntCounter;
 
-use crate::codec::h264::{AccessUnit, ParameterSets};
+use crate::codec::{AccessUnit, ParameterSets};
 
 /// Frames kept for a new consumer at most: a camera with a very long GOP
 /// must not make the cache grow without bound.
@@ -300,7 +300,7 @@ fn reset_to_next_idr(state: &mut State) {
 }
 
 fn update_gop_cache(state: &mut State, au: &Arc<AccessUnit>) {
-    if au.is_idr {
+    if au.is_keyframe {
         state.gop.clear();
         state.gop_bytes = 0;
     } else if state.gop.is_empty() {
@@ -326,7 +326,7 @@ fn deliver(consumer: &mut Consumer, au: &Arc<AccessUnit>) -> bool {
         return false;
     }
     if consumer.waiting_for_idr {
-        if !au.is_idr {
+        if !au.is_keyframe {
             if consumer.overflowed {
                 count_drop(consumer);
             }
@@ -373,12 +373,13 @@ mod tests {
     use bytes::Bytes;
     use std::time::Duration;
 
-    fn au(seq: u64, is_idr: bool) -> Arc<AccessUnit> {
+    fn au(seq: u64, is_keyframe: bool) -> Arc<AccessUnit> {
         Arc::new(AccessUnit {
+            codec: crate::codec::Codec::H264,
             seq,
-            data: Bytes::from(vec![0, 0, 0, 1, if is_idr { 0x65 } else { 0x41 }, seq as u8]),
+            data: Bytes::from(vec![0, 0, 0, 1, if is_keyframe { 0x65 } else { 0x41 }, seq as u8]),
             nals: Vec::new(),
-            is_idr,
+            is_keyframe,
             parameter_sets: None,
             prepend_parameter_sets: false,
             after_gap: false,

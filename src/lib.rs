@@ -44,6 +44,7 @@ pub mod paths;
 pub mod profiling;
 pub mod ratelimit;
 pub mod recorder;
+pub mod rtp;
 pub mod shutdown;
 pub mod source;
 pub mod stream;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use streaming_server::cli::{self, Args, Command, FakeCameraArgs, LoadClientArgs};
-use streaming_server::fake_camera::{self, Clip, DEMO_CLIP};
+use streaming_server::codec::Codec;
+use streaming_server::fake_camera::{self, Clip};
 use streaming_server::metrics::Metrics;
 use streaming_server::paths::Paths;
 use streaming_server::recorder;
@@ -70,18 +71,23 @@ fn handle_signals(trigger: Arc<Trigger>) -> Result<(), String> {
     Ok(())
 }
 
-fn load_clip(file: Option<&std::path::Path>) -> Result<Clip, String> {
+/// The clip to play: `file` (its codec by its name, `.h265` is H.265), else
+/// the built-in demo clip of `codec`.
+fn load_clip(file: Option<&std::path::Path>, codec: Codec) -> Result<Clip, String> {
     match file {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Clip::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            Clip::parse(&bytes, fake_camera::codec_of_file(path)).map_err(|e| format!("{}: {e}", path.display()))
         }
-        None => Clip::parse(DEMO_CLIP),
+        None => fake_camera::demo_clip(codec),
     }
 }
 
 fn run_fake_camera(args: &FakeCameraArgs) -> Result<(), String> {
-    let clip = load_clip(args.file.as_deref())?;
+    let mut clip = load_clip(args.file.as_deref(), Codec::H264)?;
+    if let Some(format) = args.format {
+        clip.format = format;
+    }
     let (trigger, shutdown) = shutdown::channel();
     handle_signals(Arc::new(trigger))?;
     fake_camera::run(&args.options(), &clip, &shutdown).map_err(|e| format!("fake camera: {e}"))?;
@@ -127,6 +133,7 @@ fn serve(args: &Args) -> Result<(), String> {
         shm: args.shm.clone(),
         time_bits: args.time_bits,
         demo: args.demo,
+        demo_codec: args.demo_codec,
         camera_flag_given: args.camera_flag_given,
         record_path: args.record_path.clone(),
         record_segment: recorder::parse_duration(&args.record_segment)?,

@@ -42,11 +42,7 @@ impl Path {
         let recording = self.recorder.status();
         let fps = if state.label() == "ready" { (health.fps(self.name()) * 10.0).round() / 10.0 } else { 0.0 };
         let (width, height) = (source.width.load(Ordering::Relaxed), source.height.load(Ordering::Relaxed));
-        let codec = self
-            .stream
-            .hub
-            .parameter_sets()
-            .map(|ps| json!({"name": "H.264", "profile_level_id": ps.info.profile_level_id()}));
+        let codec = self.stream.hub.parameter_sets().map(|ps| codec_json(&ps.info));
         let mut summary = json!({
             "name": self.name(),
             "source": self.config.source.kind(),
@@ -66,6 +62,28 @@ impl Path {
             summary["error"] = json!(error);
         }
         summary
+    }
+}
+
+/// A stream's codec as `/paths` shows it: name, a description people read,
+/// and what SDP calls its profile and level.
+pub fn codec_json(info: &crate::codec::VideoInfo) -> Value {
+    match info {
+        crate::codec::VideoInfo::H264(sps) => json!({
+            "name": "H.264",
+            "description": info.describe(),
+            "profile_level_id": sps.profile_level_id(),
+        }),
+        crate::codec::VideoInfo::H265(sps) => {
+            let ptl = sps.profile_tier_level();
+            json!({
+                "name": "H.265",
+                "description": info.describe(),
+                "profile_id": ptl.profile_id,
+                "tier_flag": ptl.tier_flag,
+                "level_id": ptl.level_id,
+            })
+        }
     }
 }
 

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::codec::h264::AccessUnit;
+use crate::codec::AccessUnit;
 use crate::hub::{ConsumerStats, QueueBudget, Queued, StartAt, SubscribeOptions, Subscription};
 use crate::stream::Stream;
 
@@ -588,7 +588,7 @@ impl Writer {
             self.segment_first_capture
                 .is_some_and(|first| au.capture_time.saturating_sub(first) + SEGMENT_SLACK >= length)
         });
-        if au.is_idr && due && self.segment_bytes > 0 {
+        if au.is_keyframe && due && self.segment_bytes > 0 {
             self.rotate()?;
         }
         if self.segment_first_capture.is_none() {

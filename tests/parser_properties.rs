@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use streaming_server::codec::h264::{parse_sps, split_access_units, split_annexb, Processor, RawFrame};
+use streaming_server::codec::h264::{parse_sps, split_access_units, split_annexb, Processor};
+use streaming_server::codec::{Codec, RawFrame};
 
 /// A NAL unit as the encoder emits it: a header byte with forbidden bit 0,
 /// a body free of start-code emulation (no 00 00 0x with x <= 3), and not
@@ -29,6 +30,7 @@ fn nal_unit() -> impl Strategy<Value = Vec<u8>> {
 
 fn raw(data: Vec<u8>, n: u64) -> RawFrame {
     RawFrame {
+        codec: Codec::H264,
         data: Bytes::from(data),
         frame_number: n,
         index: n as u32,
@@ -97,7 +99,7 @@ proptest! {
                     prop_assert!(nal.range.end <= au.data.len());
                 }
                 // An IDR handed on always has parameter sets to decode with.
-                if au.is_idr {
+                if au.is_keyframe {
                     prop_assert!(au.parameter_sets.is_some());
                 }
                 prop_assert_eq!(au.annexb_len(), au.annexb_chunks().map(<[u8]>::len).sum::<usize>());
@@ -163,7 +165,7 @@ mod frame_validator {
                 post: false,
             };
             let index = segment.write_frame(&frame, || {});
-            match segment.read_frame(index) {
+            match segment.read_frame(index, streaming_server::codec::Codec::H264) {
                 Ok(read) => {
                     prop_assert_eq!(format, 3);
                     prop_assert_eq!(read.data.len() as u64, data_size);

@@ -44,7 +44,11 @@ impl Reader {
         let (trigger, shutdown) = shutdown::channel();
         let (tx, events) = mpsc::channel();
         let metrics = Arc::new(Metrics::new()).stream("cam");
-        let config = ReaderConfig { name: shm.to_string(), layout: Layout::new(TimeBits::Native) };
+        let config = ReaderConfig {
+            name: shm.to_string(),
+            layout: Layout::new(TimeBits::Native),
+            format3: streaming_server::codec::Codec::H264,
+        };
         let thread_metrics = metrics.clone();
         let thread = std::thread::spawn(move || {
             let status = SourceStatus::default();
@@ -100,7 +104,7 @@ impl Drop for Reader {
 }
 
 fn clip() -> Clip {
-    Clip::parse(DEMO_CLIP).unwrap()
+    Clip::parse(DEMO_CLIP, streaming_server::codec::Codec::H264).unwrap()
 }
 
 /// Splits the sequence at gaps and checks each run is consecutive: frame
@@ -255,7 +259,7 @@ fn malformed_frames_of_each_kind_are_counted_and_skipped() {
     let positions: Vec<usize> = runs.iter().flatten().map(|(_, p)| *p).collect();
     assert_eq!(positions, (0..85).collect::<Vec<_>>());
     assert_eq!(reader.metrics.read_errors.get(), 8);
-    for kind in ["empty", "too_large", "not_h264", "not_annexb"] {
+    for kind in ["empty", "too_large", "bad_format", "not_annexb"] {
         assert_eq!(reader.metrics.frame_errors("read", kind), 2, "{kind}");
     }
 }
@@ -265,7 +269,11 @@ fn a_hub_consumer_starts_at_an_idr_and_gets_consecutive_access_units() {
     let shm = unique_shm("pipeline");
     let (trigger, shutdown) = shutdown::channel();
     let media = Stream::new("cam", &Arc::new(Metrics::new()));
-    let config = ReaderConfig { name: shm.clone(), layout: Layout::new(TimeBits::Native) };
+    let config = ReaderConfig {
+        name: shm.clone(),
+        layout: Layout::new(TimeBits::Native),
+        format3: streaming_server::codec::Codec::H264,
+    };
     let thread = source::spawn_ring(config, media.clone(), shutdown).unwrap();
     let sub = media.hub.subscribe(SubscribeOptions {
         name: "test".into(),
@@ -284,12 +292,13 @@ fn a_hub_consumer_starts_at_an_idr_and_gets_consecutive_access_units() {
     trigger.trigger();
     thread.join().unwrap();
     assert_eq!(received.len(), 70);
-    assert!(received[0].is_idr, "a consumer always starts at an IDR");
+    assert!(received[0].is_keyframe, "a consumer always starts at an IDR");
     assert!(received[0].parameter_sets.is_some());
     for pair in received.windows(2) {
         assert_eq!(pair[1].seq, pair[0].seq + 1);
     }
-    let info = media.hub.parameter_sets().unwrap().info;
+    let ps = media.hub.parameter_sets().unwrap();
+    let info = ps.h264().unwrap();
     assert_eq!((info.width, info.height, info.profile_idc), (640, 360, 66));
     assert_eq!(sub.stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
 }

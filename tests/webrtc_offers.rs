@@ -6,6 +6,7 @@ mod common;
 mod webrtc_common;
 
 use streaming_server::codec::h264::SpsInfo;
+use streaming_server::codec::VideoInfo;
 use streaming_server::webrtc::negotiate::{self, NegotiationError};
 use webrtc_common::Rig;
 
@@ -70,8 +71,8 @@ async fn chrome_firefox_and_safari_offers_get_well_formed_answers() {
     assert_eq!(rig.viewers.count(), 0);
 }
 
-fn sps(profile_idc: u8, constraint_flags: u8, level_idc: u8) -> SpsInfo {
-    SpsInfo { profile_idc, constraint_flags, level_idc, width: 1920, height: 1080 }
+fn sps(profile_idc: u8, constraint_flags: u8, level_idc: u8) -> VideoInfo {
+    VideoInfo::H264(SpsInfo { profile_idc, constraint_flags, level_idc, width: 1920, height: 1080 })
 }
 
 #[test]

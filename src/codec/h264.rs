@@ -20,12 +20,11 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
 pub use super::annexb::{split_annexb, starts_with_start_code};
-pub use super::RawFrame;
+use super::{AccessUnit, NalUnit, ParameterSets, RawFrame, VideoInfo};
 
 /// NAL unit types this program cares about (ITU-T H.264 table 7-1).
 pub mod nal_type {
@@ -239,97 +238,6 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
     Ok(SpsInfo { profile_idc, constraint_flags, level_idc, width, height })
 }
 
-/// The canonical SPS/PPS pair of the stream, shared by every access unit
-/// that decodes with it.
-#[derive(Debug)]
-pub struct ParameterSets {
-    pub sps: Bytes,
-    pub pps: Bytes,
-    pub info: SpsInfo,
-    /// Bumped each time the camera sends a different SPS or PPS.
-    pub generation: u64,
-    /// `00 00 00 01 SPS 00 00 00 01 PPS`, ready to write in front of an IDR.
-    pub annexb: Bytes,
-}
-
-/// A NAL unit inside [`AccessUnit::data`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NalUnit {
-    pub range: Range<usize>,
-    pub nal_type: u8,
-}
-
-/// One checked access unit, shared by every consumer through an `Arc`.
-#[derive(Debug)]
-pub struct AccessUnit {
-    /// Our own sequence number: consecutive, except across a reported gap.
-    pub seq: u64,
-    /// The access unit exactly as the camera wrote it (Annex-B).
-    pub data: Bytes,
-    pub nals: Vec<NalUnit>,
-    pub is_idr: bool,
-    /// The parameter sets this frame decodes with (None before any SPS/PPS).
-    pub parameter_sets: Option<Arc<ParameterSets>>,
-    /// True for an IDR that arrived without SPS/PPS: consumers put the
-    /// cached pair in front of it.
-    pub prepend_parameter_sets: bool,
-    /// The first frame after a gap (reader overrun or camera restart).
-    pub after_gap: bool,
-    pub frame_number: u64,
-    pub capture_time: Duration,
-    pub read_time: Duration,
-    pub camera_id: i32,
-}
-
-impl AccessUnit {
-    /// The NAL units to send, without start codes: the cached SPS and PPS
-    /// first where this IDR lacked them. Zero-copy slices.
-    pub fn nal_units(&self) -> impl Iterator<Item = Bytes> + '_ {
-        let prefix = self
-            .parameter_sets
-            .as_ref()
-            .filter(|_| self.prepend_parameter_sets)
-            .map(|ps| [ps.sps.clone(), ps.pps.clone()]);
-        let lead = self.leading_aud();
-        let slice = |nal: &NalUnit| self.data.slice(nal.range.clone());
-        self.nals[..lead]
-            .iter()
-            .map(slice)
-            .chain(prefix.into_iter().flatten())
-            .chain(self.nals[lead..].iter().map(slice))
-    }
-
-    /// How many NAL units stay in front of inserted parameter sets: the
-    /// access unit delimiter, which must stay first (7.4.1.2.3).
-    fn leading_aud(&self) -> usize {
-        usize::from(self.nals.first().is_some_and(|nal| nal.nal_type == nal_type::AUD))
-    }
-
-    /// The access unit as Annex-B byte chunks, for writing to a file: the
-    /// camera's bytes, with the cached parameter sets (if prepended) after
-    /// its access unit delimiter, or in front when it has none.
-    pub fn annexb_chunks(&self) -> impl Iterator<Item = &[u8]> {
-        let prefix = self.parameter_sets.as_ref().filter(|_| self.prepend_parameter_sets).map(|ps| &ps.annexb[..]);
-        let split = match (prefix.is_some(), self.leading_aud()) {
-            (true, 1) => self.nals[0].range.end,
-            _ => 0,
-        };
-        let (head, tail) = self.data.split_at(split);
-        std::iter::once(head).filter(|h| !h.is_empty()).chain(prefix).chain(std::iter::once(tail))
-    }
-
-    /// What this access unit costs in memory while queued or cached: its
-    /// buffer, its NAL bookkeeping and the struct (hub budgets count this).
-    pub fn memory_bytes(&self) -> usize {
-        self.data.len() + self.nals.capacity() * std::mem::size_of::<NalUnit>() + std::mem::size_of::<AccessUnit>()
-    }
-
-    /// Bytes [`AccessUnit::annexb_chunks`] yields.
-    pub fn annexb_len(&self) -> usize {
-        self.annexb_chunks().map(<[u8]>::len).sum()
-    }
-}
-
 /// Why the processor refused a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessError {
@@ -463,10 +371,11 @@ impl Processor {
         let seq = self.next_seq;
         self.next_seq += 1;
         Ok(AccessUnit {
+            codec: super::Codec::H264,
             seq,
             data: frame.data,
             nals,
-            is_idr,
+            is_keyframe: is_idr,
             parameter_sets: self.parameter_sets.clone(),
             prepend_parameter_sets: prepend,
             after_gap: std::mem::take(&mut self.gap_pending),
@@ -483,7 +392,7 @@ impl Processor {
             return;
         }
         let current = self.parameter_sets.as_deref();
-        let sps = self.pending_sps.clone().or_else(|| current.map(|ps| (ps.sps.clone(), ps.info)));
+        let sps = self.pending_sps.clone().or_else(|| current.and_then(|ps| Some((ps.sps.clone(), *ps.h264()?))));
         let pps = self.pending_pps.clone().or_else(|| current.map(|ps| ps.pps.clone()));
         let (Some((sps, info)), Some(pps)) = (sps, pps) else {
             return;
@@ -491,11 +400,6 @@ impl Processor {
         self.pending_sps = None;
         self.pending_pps = None;
         self.generation += 1;
-        let mut annexb = Vec::with_capacity(8 + sps.len() + pps.len());
-        for nal in [&sps, &pps] {
-            annexb.extend_from_slice(&[0, 0, 0, 1]);
-            annexb.extend_from_slice(nal);
-        }
         log::info!(
             "H.264 parameter sets generation {}: profile_idc {} constraints {:#04x} level {} ({}x{})",
             self.generation,
@@ -506,7 +410,7 @@ impl Processor {
             info.height
         );
         self.parameter_sets =
-            Some(Arc::new(ParameterSets { sps, pps, info, generation: self.generation, annexb: annexb.into() }));
+            Some(Arc::new(ParameterSets::new(None, sps, pps, VideoInfo::H264(info), self.generation)));
     }
 }
 
@@ -550,9 +454,11 @@ pub fn split_access_units(stream: &[u8]) -> Vec<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn raw(data: &[u8], n: u64) -> RawFrame {
         RawFrame {
+            codec: super::super::Codec::H264,
             data: Bytes::copy_from_slice(data),
             frame_number: n,
             index: n as u32,
@@ -611,7 +517,7 @@ mod tests {
         let mut p = Processor::new();
         let idr: &'static [u8] = &[0x65, 0x88, 0x84];
         let first = p.process(raw(&annexb(&[SPS_640X360, PPS, idr]), 0)).unwrap();
-        assert!(first.is_idr && !first.prepend_parameter_sets);
+        assert!(first.is_keyframe && !first.prepend_parameter_sets);
         let second = p.process(raw(&annexb(&[idr]), 1)).unwrap();
         assert!(second.prepend_parameter_sets);
         let nals: Vec<Bytes> = second.nal_units().collect();

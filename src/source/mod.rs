@@ -24,10 +24,9 @@ use std::time::{Duration, Instant};
 
 use crate::abi::Layout;
 use crate::clock::{millis_between, monotonic_now};
-use crate::codec::h264::Processor;
-use crate::codec::RawFrame;
+use crate::codec::{Codec, Processor, RawFrame};
 use crate::config::{PathConfig, RtspTransport, SourceConfig};
-use crate::fake_camera::{self, Clip, FakeCameraOptions};
+use crate::fake_camera::{self, FakeCameraOptions};
 use crate::ratelimit::RateLimiter;
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
@@ -35,6 +34,9 @@ use crate::tasks::TaskSet;
 use crate::warn_limited;
 
 /// Turns a source's frames into checked access units in its stream's hub.
+/// The processor follows the frames' codec: a change (a daemon now writing
+/// `format` 4, an RTSP camera reconfigured) is a gap and a new processor,
+/// like a daemon restart.
 pub struct Feed {
     stream: Stream,
     processor: Processor,
@@ -43,11 +45,23 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(stream: Stream) -> Feed {
-        Feed { stream, processor: Processor::new(), error_log: RateLimiter::new(Duration::from_secs(5)) }
+        Feed { stream, processor: Processor::new(Codec::H264), error_log: RateLimiter::new(Duration::from_secs(5)) }
     }
 
     /// One frame: processed and published, or refused (counted) with a gap.
     pub fn frame(&mut self, frame: RawFrame) {
+        if frame.codec != self.processor.codec() {
+            if self.stream.hub.published() > 0 {
+                log::info!(
+                    "{}: the camera now sends {} (was {})",
+                    self.stream.name,
+                    frame.codec,
+                    self.processor.codec()
+                );
+            }
+            self.processor = Processor::new(frame.codec);
+            self.gap();
+        }
         let started = Instant::now();
         let metrics = &self.stream.metrics;
         match self.processor.process(frame) {
@@ -59,7 +73,7 @@ impl Feed {
                 metrics.process_latency_ms.observe(started.elapsed().as_secs_f64() * 1e3);
             }
             Err(error) => {
-                warn_limited!(self.error_log, "{}: H.264: dropped {error}", self.stream.name);
+                warn_limited!(self.error_log, "{}: dropped {error}", self.stream.name);
                 metrics.process_errors.inc();
                 metrics.frame_error("process", error.label());
                 self.gap();
@@ -142,12 +156,13 @@ pub fn demo_segment(path: &str) -> String {
 /// or demo source.
 pub fn ring_config(config: &PathConfig) -> Option<ring::ReaderConfig> {
     match &config.source {
-        SourceConfig::Ring { segment, time_bits } => {
-            Some(ring::ReaderConfig { name: segment.clone(), layout: Layout::new(*time_bits) })
+        SourceConfig::Ring { segment, time_bits, codec } => {
+            Some(ring::ReaderConfig { name: segment.clone(), layout: Layout::new(*time_bits), format3: *codec })
         }
-        SourceConfig::Demo => Some(ring::ReaderConfig {
+        SourceConfig::Demo { .. } => Some(ring::ReaderConfig {
             name: demo_segment(&config.name),
             layout: Layout::new(crate::abi::TimeBits::Native),
+            format3: Codec::H264,
         }),
         SourceConfig::Rtsp(_) => None,
     }
@@ -168,9 +183,9 @@ async fn wait_for_segment(name: &str, timeout: Duration) {
 async fn run_ring_source(config: &PathConfig, stream: &Stream, stop: &Shutdown) {
     let Some(reader) = ring_config(config) else { return };
     let mut demo = None;
-    if config.source == SourceConfig::Demo {
+    if let SourceConfig::Demo { codec } = config.source {
         let options = FakeCameraOptions::new(&reader.name, reader.layout);
-        let clip = match Clip::parse(fake_camera::DEMO_CLIP) {
+        let clip = match fake_camera::demo_clip(codec) {
             Ok(clip) => clip,
             Err(error) => {
                 stream.source.set_error(format!("demo clip: {error}"));
@@ -228,13 +243,11 @@ async fn run_rtsp_source(config: &crate::config::RtspSourceConfig, stream: &Stre
     let metrics = stream.metrics.clone();
     let name = stream.name.clone();
     let (mut width, mut height) = (0, 0);
-    // H.265 reaches a path's processor once that codec is supported; until
-    // then its frames are not fed (the status says why).
-    let mut codec_ok = true;
+    let mut codec = Codec::H264;
     let mut frame_number = 0u64;
     let mut sessions = 0u64;
     let sink = move |event: rtsp::SourceEvent| match event {
-        rtsp::SourceEvent::Connected { codec, width: w, height: h, fps, transport } => {
+        rtsp::SourceEvent::Connected { codec: sent, width: w, height: h, fps, transport } => {
             sessions += 1;
             if sessions > 1 {
                 metrics.camera_restarts.inc();
@@ -243,21 +256,21 @@ async fn run_rtsp_source(config: &crate::config::RtspSourceConfig, stream: &Stre
             (width, height) = (i32::try_from(w).unwrap_or(0), i32::try_from(h).unwrap_or(0));
             status.attached.store(true, Ordering::Relaxed);
             metrics.camera_attached.set(1);
+            codec = match sent {
+                rtsp::VideoCodec::H264 => Codec::H264,
+                rtsp::VideoCodec::H265 => Codec::H265,
+            };
             log::info!(
                 "{name}: RTSP {codec} {w}x{h}{} over {transport}",
                 fps.map(|f| format!(" at {f:.1} fps")).unwrap_or_default()
             );
-            codec_ok = codec == rtsp::VideoCodec::H264;
-            if !codec_ok {
-                status.set_error(format!("the camera sends {codec}; this path takes H.264"));
-            }
         }
-        rtsp::SourceEvent::Frame { .. } if !codec_ok => {}
         rtsp::SourceEvent::Frame { data, capture_time, .. } => {
             frame_number += 1;
             metrics.frames_read.inc();
             status.frame_arrived(frame_number, width, height, 0);
             feed.frame(RawFrame {
+                codec,
                 data,
                 frame_number,
                 index: frame_number as u32,
@@ -295,7 +308,7 @@ async fn run_rtsp_source(config: &crate::config::RtspSourceConfig, stream: &Stre
 /// Runs the source once until `stop`.
 async fn run_once(config: &PathConfig, stream: &Stream, stop: &Shutdown) {
     match &config.source {
-        SourceConfig::Ring { .. } | SourceConfig::Demo => run_ring_source(config, stream, stop).await,
+        SourceConfig::Ring { .. } | SourceConfig::Demo { .. } => run_ring_source(config, stream, stop).await,
         SourceConfig::Rtsp(rtsp) => run_rtsp_source(rtsp, stream, stop).await,
     }
 }

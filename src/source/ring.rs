@@ -42,10 +42,10 @@ use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
-use crate::abi::{Layout, FORMAT_H264, MAX_FRAME_SIZE, RING_BUFFER_SIZE};
+use crate::abi::{Layout, FORMAT_H264, FORMAT_H265, MAX_FRAME_SIZE, RING_BUFFER_SIZE};
 use crate::clock::monotonic_now;
 use crate::codec::annexb::starts_with_start_code;
-use crate::codec::RawFrame;
+use crate::codec::{Codec, RawFrame};
 use crate::metrics::StreamMetrics as Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::shutdown::Shutdown;
@@ -106,7 +106,7 @@ impl GapReason {
 pub enum ReadError {
     EmptyFrame { index: u32, frame_number: u64 },
     TooLarge { index: u32, frame_number: u64, data_size: u64 },
-    NotH264 { index: u32, frame_number: u64, format: i32 },
+    BadFormat { index: u32, frame_number: u64, format: i32 },
     NotAnnexB { index: u32, frame_number: u64, head: [u8; 4] },
 }
 
@@ -116,7 +116,7 @@ impl ReadError {
         match self {
             ReadError::EmptyFrame { .. } => "empty",
             ReadError::TooLarge { .. } => "too_large",
-            ReadError::NotH264 { .. } => "not_h264",
+            ReadError::BadFormat { .. } => "bad_format",
             ReadError::NotAnnexB { .. } => "not_annexb",
         }
     }
@@ -125,7 +125,7 @@ impl ReadError {
         match *self {
             ReadError::EmptyFrame { index, .. }
             | ReadError::TooLarge { index, .. }
-            | ReadError::NotH264 { index, .. }
+            | ReadError::BadFormat { index, .. }
             | ReadError::NotAnnexB { index, .. } => index,
         }
     }
@@ -143,10 +143,10 @@ impl fmt::Display for ReadError {
                 "frame {frame_number} (index {index}, slot {}): data_size {data_size} exceeds {MAX_FRAME_SIZE}",
                 slot(index)
             ),
-            ReadError::NotH264 { index, frame_number, format } => {
+            ReadError::BadFormat { index, frame_number, format } => {
                 write!(
                     f,
-                    "frame {frame_number} (index {index}, slot {}): format {format} is not H.264 (3)",
+                    "frame {frame_number} (index {index}, slot {}): format {format} is neither H.264 (3) nor H.265 (4)",
                     slot(index)
                 )
             }
@@ -338,15 +338,17 @@ impl Segment {
 
     /// Reads and checks slot `index`'s header, then copies its data once.
     /// The caller re-checks `write_index` afterwards for an overwrite.
-    pub fn read_frame(&self, index: u32) -> Result<RawFrame, ReadError> {
+    pub fn read_frame(&self, index: u32, format3: Codec) -> Result<RawFrame, ReadError> {
         let l = &self.layout;
         let slot = l.slot_offset(index);
         let frame_number = self.read_u64(slot + l.frame_number);
         let format = self.read_i32(slot + l.format);
         let data_size = self.read_signed(slot + l.data_size, l.size_t_size) as u64;
-        if format != FORMAT_H264 {
-            return Err(ReadError::NotH264 { index, frame_number, format });
-        }
+        let codec = match format {
+            FORMAT_H264 => format3,
+            FORMAT_H265 => Codec::H265,
+            _ => return Err(ReadError::BadFormat { index, frame_number, format }),
+        };
         if data_size == 0 {
             return Err(ReadError::EmptyFrame { index, frame_number });
         }
@@ -380,6 +382,7 @@ impl Segment {
             read_time
         };
         Ok(RawFrame {
+            codec,
             data: Bytes::from(data),
             frame_number,
             index,
@@ -609,6 +612,9 @@ enum FollowEnd {
 pub struct ReaderConfig {
     pub name: String,
     pub layout: Layout,
+    /// What `format` 3 means: H.264, or H.265 for an older daemon that
+    /// writes H.265 but says 3 (the path's `codec: h265`).
+    pub format3: Codec,
 }
 
 /// Reads the camera's ring until shutdown, re-attaching across daemon
@@ -731,7 +737,7 @@ fn follow(
         while before(next, complete_end) {
             let index = next;
             next = next.wrapping_add(1);
-            match segment.read_frame(index) {
+            match segment.read_frame(index, config.format3) {
                 Ok(frame) => {
                     // The writer may have reached this slot during the copy.
                     // The fence keeps the copy's loads before the re-read of

@@ -25,7 +25,7 @@
 //!    instead of replaying the GOP at camera pace, then live frames keep the
 //!    camera's capture cadence (90 kHz from the capture timestamps);
 //! 4. each access unit is packetized once for all viewers
-//!    ([`packetizer::PacketCache`]); a viewer only stamps SSRC, payload type,
+//!    ([`crate::rtp::PacketCache`]); a viewer only stamps SSRC, payload type,
 //!    sequence number and timestamp on the shared payloads;
 //! 5. PLI/FIR (delivered by a small interceptor) restart the viewer from the
 //!    cached IDR, at most once per [`KEYFRAME_RESTART_INTERVAL`]; NACKs are
@@ -72,7 +72,6 @@
 //! every slot taken.
 
 pub mod negotiate;
-pub mod packetizer;
 mod viewer;
 
 use std::collections::HashMap;
@@ -259,7 +258,7 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Handle,
     tasks: TaskSet,
     slots: Mutex<HashMap<String, Slot>>,
-    cache: packetizer::PacketCache,
+    cache: crate::rtp::PacketCache,
     next_port: AtomicU16,
     keyframe_restarts: AtomicU64,
     connected: AtomicU64,
@@ -377,7 +376,7 @@ impl Viewers {
             runtime,
             tasks: TaskSet::new(),
             slots: Mutex::new(HashMap::new()),
-            cache: packetizer::PacketCache::new(),
+            cache: crate::rtp::PacketCache::new(),
             next_port: AtomicU16::new(0),
             keyframe_restarts: AtomicU64::new(0),
             connected: AtomicU64::new(0),

@@ -12,7 +12,7 @@ use rtc::interceptor::{
     Attribute, Interceptor, NackResponderBuilder, Packet, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_HEVC};
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtcp::goodbye::Goodbye;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -34,10 +34,10 @@ use webrtc::peer_connection::{
 use webrtc::runtime::TokioRuntime;
 
 use super::negotiate::{self, Choice};
-use super::packetizer::PacketizedAu;
 use super::{Inner, OfferError, SlotGuard};
-use crate::codec::h264::AccessUnit;
+use crate::codec::AccessUnit;
 use crate::hub::{StartAt, SubscribeOptions, Subscription};
+use crate::rtp::PacketizedAu;
 
 /// Peer connection events, as watch channels the viewer task reads.
 struct Handler {
@@ -128,8 +128,12 @@ fn internal(what: &str) -> impl Fn(webrtc::error::Error) -> OfferError + '_ {
 /// takes its exact path (its MIME-only fallback is what produced malformed
 /// answers).
 fn codec(choice: &Choice) -> RTCRtpCodec {
+    let mime = match choice.codec {
+        crate::codec::Codec::H264 => MIME_TYPE_H264,
+        crate::codec::Codec::H265 => MIME_TYPE_HEVC,
+    };
     RTCRtpCodec {
-        mime_type: MIME_TYPE_H264.to_owned(),
+        mime_type: mime.to_owned(),
         clock_rate: 90_000,
         channels: 0,
         sdp_fmtp_line: choice.offered_fmtp.clone(),
@@ -444,7 +448,7 @@ impl Stamp {
             self.seq = self.seq.wrapping_add(1);
             let last = i + 1 == count;
             let mut packet =
-                super::packetizer::rtp_packet(payload, self.ssrc, self.payload_type, sequence_number, timestamp, last);
+                crate::rtp::rtp_packet(payload, self.ssrc, self.payload_type, sequence_number, timestamp, last);
             if let (true, Some((id, ntp))) = (last, extension) {
                 // Short form: the 64-bit NTP capture time only (8 bytes, a
                 // one-byte-header element); id 1..=14 checked at negotiation.

@@ -309,7 +309,11 @@ impl Rig {
         let camera = crate::common::fake_camera(&shm, &camera_args);
         let media = Stream::new("cam", &Arc::new(Metrics::new()));
         let (trigger, shutdown) = shutdown::channel();
-        let config = ReaderConfig { name: shm, layout: Layout::new(TimeBits::Native) };
+        let config = ReaderConfig {
+            name: shm,
+            layout: Layout::new(TimeBits::Native),
+            format3: streaming_server::codec::Codec::H264,
+        };
         let media_thread = source::spawn_ring(config, media.clone(), shutdown.clone()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while media.hub.gop_cache_len() == 0 && Instant::now() < deadline {

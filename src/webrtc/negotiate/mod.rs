@@ -31,11 +31,16 @@ use std::io::Cursor;
 
 use rtc::sdp::description::session::SessionDescription;
 
-use crate::codec::h264::SpsInfo;
+pub mod h265;
 
-/// The H.264 payload type chosen from an offer.
+use crate::codec::h264::SpsInfo;
+use crate::codec::{Codec, VideoInfo};
+
+/// The payload type chosen from an offer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Choice {
+    /// What is sent: the camera's codec.
+    pub codec: Codec,
     /// The `mid` of the offer's video section.
     pub mid: Option<String>,
     pub payload_type: u8,
@@ -98,7 +103,7 @@ impl Profile {
         }
     }
 
-    fn name(self) -> String {
+    pub fn name(self) -> String {
         match self {
             Profile::ConstrainedBaseline => "Constrained Baseline".into(),
             Profile::Baseline => "Baseline".into(),
@@ -201,11 +206,11 @@ fn check_structure(offer_sdp: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Picks the payload type to send the camera's stream as.
-pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationError> {
+/// Picks the payload type to send the camera's stream as: the codec it
+/// sends (H.264 or H.265, never transcoded), in a format the offer receives.
+pub fn choose(offer_sdp: &str, camera: &VideoInfo) -> Result<Choice, NegotiationError> {
     let offer = parse_sdp(offer_sdp).map_err(NegotiationError::BadSdp)?;
     check_structure(offer_sdp).map_err(|why| NegotiationError::BadSdp(format!("malformed offer: {why}")))?;
-    let stream = Profile::classify(camera.profile_idc, camera.constraint_flags);
     let videos: Vec<_> = offer
         .media_descriptions
         .iter()
@@ -214,35 +219,65 @@ pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationEr
     if videos.is_empty() {
         return Err(NegotiationError::NoCompatibleCodec("the offer has no video section".into()));
     }
+    let receiving: Vec<Section> = videos
+        .iter()
+        .filter(|video| !(video.has_attribute("sendonly") || video.has_attribute("inactive")))
+        .map(|video| {
+            let codecs = video.codecs();
+            // The m= line's order is the offerer's preference.
+            let offered = video
+                .media_name
+                .formats
+                .iter()
+                .filter_map(|format| {
+                    let pt = format.parse::<u8>().ok()?;
+                    let codec = codecs.get(&pt)?;
+                    Some((pt, codec.name.clone(), codec.clock_rate, codec.fmtp.clone()))
+                })
+                .collect();
+            Section { mid: video.attribute("mid").flatten().map(str::to_string), offered }
+        })
+        .collect();
+    if receiving.is_empty() {
+        return Err(NegotiationError::NoCompatibleCodec(
+            "the offer's video is send-only or inactive; a viewer must receive video (recvonly or sendrecv)".into(),
+        ));
+    }
+    match camera {
+        VideoInfo::H264(info) => choose_h264(&receiving, info),
+        VideoInfo::H265(info) => choose_h265(&receiving, info),
+    }
+}
+
+/// One receiving video section of an offer: its mid and its codecs
+/// (payload type, name, clock rate, fmtp) in the offerer's order.
+struct Section {
+    mid: Option<String>,
+    offered: Vec<(u8, String, u32, String)>,
+}
+
+fn choose_h264(sections: &[Section], camera: &SpsInfo) -> Result<Choice, NegotiationError> {
+    let stream = Profile::classify(camera.profile_idc, camera.constraint_flags);
     let mut offered_names = Vec::new();
     let mut h264_seen = Vec::new();
     let mut best: Option<(u8, usize, Choice)> = None;
-    let mut not_receiving = 0;
-    for (index, video) in videos.iter().enumerate() {
-        if video.has_attribute("sendonly") || video.has_attribute("inactive") {
-            not_receiving += 1;
-            continue;
-        }
-        let mid = video.attribute("mid").flatten().map(str::to_string);
-        let codecs = video.codecs();
-        // The m= line's order is the offerer's preference.
-        for format in &video.media_name.formats {
-            let Ok(pt) = format.parse::<u8>() else { continue };
-            let Some(codec) = codecs.get(&pt) else { continue };
-            if !codec.name.eq_ignore_ascii_case("H264") {
-                if !offered_names.iter().any(|n: &String| n.eq_ignore_ascii_case(&codec.name)) {
-                    offered_names.push(codec.name.clone());
+    for (index, section) in sections.iter().enumerate() {
+        for (pt, name, clock_rate, fmtp) in &section.offered {
+            let pt = *pt;
+            if !name.eq_ignore_ascii_case("H264") {
+                if !offered_names.iter().any(|n: &String| n.eq_ignore_ascii_case(name)) {
+                    offered_names.push(name.clone());
                 }
                 continue;
             }
-            let mode = fmtp_param(&codec.fmtp, "packetization-mode").unwrap_or("0");
-            let Some((idc, constraints, level)) = profile_level_id(&codec.fmtp) else {
+            let mode = fmtp_param(fmtp, "packetization-mode").unwrap_or("0");
+            let Some((idc, constraints, level)) = profile_level_id(fmtp) else {
                 h264_seen.push(format!("PT {pt} (unreadable profile-level-id)"));
                 continue;
             };
             let decoder = Profile::classify(idc, constraints);
             h264_seen.push(format!("{} {idc:02x}{constraints:02x}{level:02x} mode {mode}", decoder.name()));
-            if mode != "1" || codec.clock_rate != 90_000 {
+            if mode != "1" || *clock_rate != 90_000 {
                 continue;
             }
             let Some(mut fit) = decoder.fit(stream) else { continue };
@@ -258,17 +293,18 @@ pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationEr
             best = Some((
                 fit,
                 index,
-                Choice { mid: mid.clone(), payload_type: pt, offered_fmtp: codec.fmtp.clone(), answer_fmtp },
+                Choice {
+                    codec: Codec::H264,
+                    mid: section.mid.clone(),
+                    payload_type: pt,
+                    offered_fmtp: fmtp.clone(),
+                    answer_fmtp,
+                },
             ));
         }
     }
     if let Some((_, _, choice)) = best {
         return Ok(choice);
-    }
-    if not_receiving == videos.len() {
-        return Err(NegotiationError::NoCompatibleCodec(
-            "the offer's video is send-only or inactive; a viewer must receive video (recvonly or sendrecv)".into(),
-        ));
     }
     let camera_desc = format!("{} ({})", stream.name(), camera.profile_level_id());
     let why = if h264_seen.is_empty() {
@@ -281,6 +317,30 @@ pub fn choose(offer_sdp: &str, camera: &SpsInfo) -> Result<Choice, NegotiationEr
         )
     };
     Err(NegotiationError::NoCompatibleCodec(why))
+}
+
+fn choose_h265(sections: &[Section], camera: &crate::codec::h265::SpsInfo) -> Result<Choice, NegotiationError> {
+    let mut reasons = Vec::new();
+    for section in sections {
+        let offered: Vec<(u8, &str, u32, &str)> =
+            section.offered.iter().map(|(pt, name, rate, fmtp)| (*pt, name.as_str(), *rate, fmtp.as_str())).collect();
+        match h265::choose(&offered, camera) {
+            Ok(choice) => {
+                if let Some(why) = &choice.exceeds_offer {
+                    log::info!("webrtc: H.265 sent above what the offer says it receives: {why}");
+                }
+                return Ok(Choice {
+                    codec: Codec::H265,
+                    mid: section.mid.clone(),
+                    payload_type: choice.payload_type,
+                    offered_fmtp: choice.offered_fmtp,
+                    answer_fmtp: choice.answer_fmtp,
+                });
+            }
+            Err(why) => reasons.push(why),
+        }
+    }
+    Err(NegotiationError::NoCompatibleCodec(reasons.join("; ")))
 }
 
 /// Rewrites the answer's video section for `choice`: the `m=` line lists
@@ -430,8 +490,8 @@ pub fn check_answer(answer: &str, choice: &Choice) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn sps(profile_idc: u8, constraint_flags: u8, level_idc: u8) -> SpsInfo {
-        SpsInfo { profile_idc, constraint_flags, level_idc, width: 640, height: 360 }
+    fn sps(profile_idc: u8, constraint_flags: u8, level_idc: u8) -> VideoInfo {
+        VideoInfo::H264(SpsInfo { profile_idc, constraint_flags, level_idc, width: 640, height: 360 })
     }
 
     fn offer(fmtps: &[(u8, &str)]) -> String {
@@ -505,6 +565,7 @@ mod tests {
     #[test]
     fn answers_are_rewritten_to_the_chosen_type_only() {
         let choice = Choice {
+            codec: Codec::H264,
             mid: Some("0".into()),
             payload_type: 106,
             offered_fmtp: String::new(),
@@ -522,6 +583,7 @@ mod tests {
     #[test]
     fn candidates_leave_a_rejected_first_section() {
         let choice = Choice {
+            codec: Codec::H264,
             mid: Some("1".into()),
             payload_type: 126,
             offered_fmtp: String::new(),

@@ -1,0 +1,57 @@
+//! Shared helpers for the integration tests: clips and RawFrame building.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use streaming_server::codec::RawFrame;
+
+pub fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// assets/demo.h265, made by scripts/make-demo-clip-h265.sh.
+pub fn demo_clip() -> Bytes {
+    Bytes::from(std::fs::read(crate_dir().join("assets/demo.h265")).expect("assets/demo.h265"))
+}
+
+static CLIP_LOCK: Mutex<()> = Mutex::new(());
+
+/// The 1080p clip with large IRAPs, generated on first use into the test
+/// target directory (scripts/make-1080p-clip-h265.sh). None, with a note,
+/// where ffmpeg is not installed.
+pub fn clip_1080p() -> Option<Bytes> {
+    let _guard = CLIP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("big-1080p.h265");
+    if !path.exists() {
+        if let Err(e) = Command::new("ffmpeg").arg("-version").output() {
+            eprintln!("skipping: no ffmpeg ({e}); scripts/make-1080p-clip-h265.sh needs ffmpeg with libx265");
+            return None;
+        }
+        let status = Command::new(crate_dir().join("scripts/make-1080p-clip-h265.sh")).arg(&path).status();
+        assert!(status.as_ref().is_ok_and(|s| s.success()), "make-1080p-clip-h265.sh failed: {status:?}");
+    }
+    Some(Bytes::from(std::fs::read(&path).expect("1080p clip")))
+}
+
+pub fn raw(data: Bytes, n: u64) -> RawFrame {
+    RawFrame {
+        codec: streaming_server::codec::Codec::H265,
+        data,
+        frame_number: n,
+        index: n as u32,
+        capture_time: Duration::from_millis(n * 33),
+        read_time: Duration::from_millis(n * 33 + 1),
+        camera_id: 0,
+        width: 0,
+        height: 0,
+    }
+}
+
+pub fn hex(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
