@@ -1,10 +1,11 @@
 //! Packetization benchmark: what packetizing an access unit into RTP costs
 //! (done once per frame for all viewers) and what a viewer's cache lookup
-//! costs, on a real clip.
+//! costs, on real clips: the same 1080p30 ~6 Mbit/s picture in H.264
+//! (RFC 6184) and in H.265 (RFC 7798), one after the other.
 //!
-//! `cargo bench --bench packetize` (env: `BENCH_CLIP`, an Annex-B file; by
-//! default the 1080p30 clip the reader benchmark generates in target/bench/
-//! if present, else the bundled 640x360 demo clip).
+//! `cargo bench --bench packetize` (env: `BENCH_CLIP`, `BENCH_CLIP_H265`,
+//! Annex-B files; by default 1080p30 clips made once with ffmpeg in
+//! target/bench/; under `cargo test` the bundled 640x360 demo clips).
 
 #[path = "support/clip.rs"]
 mod clip;
@@ -15,26 +16,32 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rtc::shared::marshal::Marshal;
 use streaming_server::codec::h264::split_annexb;
-use streaming_server::codec::{AccessUnit, Codec, Processor, RawFrame};
+use streaming_server::codec::{AccessUnit, Processor, RawFrame};
 use streaming_server::fake_camera::Clip;
 use streaming_server::rtp::{packetize, rtp_packet, PacketCache, MAX_PAYLOAD};
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this too,
-    // without it: a quick smoke run on the demo clip there.
+    // without it: a quick smoke run on the demo clips there.
     let benching = std::env::args().any(|a| a == "--bench");
-    let path = clip::clip_path(benching).unwrap_or_else(|e| panic!("bench clip: {e}"));
-    let clip =
-        Clip::parse(&std::fs::read(&path).expect("read the clip"), streaming_server::fake_camera::codec_of_file(&path))
-            .expect("parse the clip");
-    let mut processor = Processor::new(Codec::H264);
+    let h264 = clip::clip_path(benching).unwrap_or_else(|e| panic!("bench clip: {e}"));
+    let h265 = clip::clip_path_h265(benching).unwrap_or_else(|e| panic!("H.265 bench clip: {e}"));
+    for path in [h264, h265] {
+        bench_clip(&path, benching);
+    }
+}
+
+fn bench_clip(path: &std::path::Path, benching: bool) {
+    let codec = streaming_server::fake_camera::codec_of_file(path);
+    let clip = Clip::parse(&std::fs::read(path).expect("read the clip"), codec).expect("parse the clip");
+    let mut processor = Processor::new(codec);
     let units: Vec<Arc<AccessUnit>> = clip
         .units
         .iter()
         .enumerate()
         .filter_map(|(i, unit)| {
             let frame = RawFrame {
-                codec: Codec::H264,
+                codec,
                 data: Bytes::from(unit.clone()),
                 frame_number: i as u64,
                 index: i as u32,
@@ -49,7 +56,7 @@ fn main() {
         .collect();
     let bytes: usize = units.iter().map(|u| u.data.len()).sum();
     println!(
-        "clip {} ({}x{}): {} access units, {:.0} KiB per frame on average",
+        "\n{codec} clip {} ({}x{}): {} access units, {:.0} KiB per frame on average",
         path.display(),
         clip.width,
         clip.height,
@@ -100,7 +107,7 @@ fn main() {
     let (idr_mean, idr_p99) = stats(&mut idr);
     let (p_mean, p_p99) = stats(&mut other);
     println!(
-        "packetize (once per frame for all viewers): IDR mean {:.1} us p99 {:.1} us; other frames mean {:.1} us p99 {:.1} us; {:.1} packets per frame",
+        "packetize (once per frame for all viewers): keyframes mean {:.1} us p99 {:.1} us; other frames mean {:.1} us p99 {:.1} us; {:.1} packets per frame",
         idr_mean.as_secs_f64() * 1e6,
         idr_p99.as_secs_f64() * 1e6,
         p_mean.as_secs_f64() * 1e6,

@@ -7,23 +7,26 @@
 # Works on a board too: copy the binary and a clip, then
 #   scripts/bench.sh --bin ./streaming-server --clip clip.h264 --no-build
 #
-#   scripts/bench.sh [--bin PATH] [--clip FILE] [--viewers "0 1 10 20 50"]
+#   scripts/bench.sh [--bin PATH] [--clip FILE] [--h265] [--viewers "0 1 10 20 50"]
 #                    [--seconds 20] [--no-build] [--json-dir DIR]
 #
 # Defaults: target/release/streaming-server (built first), a 1080p30
 # ~6 Mbit/s clip with an IDR every second made once with ffmpeg in
-# target/bench/, 20 s of measurement per step after the viewers joined.
+# target/bench/ (--h265: the same picture in H.265; a .h265 --clip is H.265
+# too, and the viewers then offer H.265), 20 s of measurement per step after
+# the viewers joined.
 # Needs python3 (to read the load client's JSON); ffmpeg only to make the clip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
-bin="" clip="" steps="0 1 10 20 50" seconds=20 build=1 json_dir=""
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+bin="" clip="" steps="0 1 10 20 50" seconds=20 build=1 json_dir="" h265=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --bin) bin=${2:?}; build=0; shift ;;
     --clip) clip=${2:?}; shift ;;
+    --h265) h265=1 ;;
     --viewers) steps=${2:?}; shift ;;
     --seconds) seconds=${2:?}; shift ;;
     --no-build) build=0 ;;
@@ -39,6 +42,18 @@ if [ "$build" = 1 ]; then
 fi
 [ -x "$bin" ] || { echo "no binary at $bin (build it, or --bin PATH)" >&2; exit 1; }
 
+if [ -z "$clip" ] && [ "$h265" = 1 ]; then
+    clip=$root/target/bench/clip_1080p30_6mbps.h265
+    if [ ! -s "$clip" ]; then
+        mkdir -p "$(dirname "$clip")"
+        echo "making $clip with ffmpeg (once)..." >&2
+        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
+            -c:v libx265 -profile:v main -preset veryfast -tune zerolatency \
+            -b:v 6M -maxrate 6M -bufsize 2M -pix_fmt yuv420p \
+            -x265-params log-level=error:keyint=30:min-keyint=30:scenecut=0:open-gop=0:bframes=0:aud=1 \
+            -f hevc "$clip"
+    fi
+fi
 if [ -z "$clip" ]; then
     clip=$root/target/bench/clip_1080p30_6mbps.h264
     if [ ! -s "$clip" ]; then
@@ -50,6 +65,11 @@ if [ -z "$clip" ]; then
             -pix_fmt yuv420p -x264-params aud=1 "$clip"
     fi
 fi
+
+# Viewers offer the clip's codec (-codec is left out for H.264, so older
+# binaries without it run too).
+codec_args=()
+case "$clip" in *.h265 | *.hevc) codec_args=(-codec h265) ;; esac
 
 work=$(mktemp -d)
 shm=/ss_bench_$$
@@ -105,7 +125,7 @@ for n in $steps; do
     scrape >"$work/before_$n.txt"
     if [ "$n" -gt 0 ]; then
         join_s=$(awk -v n="$n" 'BEGIN {print n * 0.037 + 2}')
-        "$bin" -log-level error load-client -url "$url" -viewers "$n" \
+        "$bin" -log-level error load-client -url "$url" -viewers "$n" "${codec_args[@]}" \
             -seconds "$(awk -v a="$join_s" -v b="$seconds" 'BEGIN {print a + b + 1}')" \
             >"$report" 2>"$work/load_$n.log" &
         load=$!

@@ -190,6 +190,15 @@ pub struct LoadClientArgs {
     /// The path to watch (POST /NAME/offer); the legacy /offer when empty.
     #[arg(long, default_value = "")]
     pub path: String,
+    /// Codecs the viewers offer, in preference order: `h264`, `h265`, or
+    /// both (`h265,h264`).
+    #[arg(long, default_value = "h264", value_delimiter = ',', value_parser = parse_codec)]
+    pub codec: Vec<crate::codec::Codec>,
+    /// The clip the camera plays in a loop (`.h264`/`.h265`): every NAL
+    /// unit received must equal the clip's, byte for byte; any that differ
+    /// fail the run.
+    #[arg(long)]
+    pub verify: Option<PathBuf>,
 }
 
 impl FakeCameraArgs {

@@ -100,6 +100,8 @@ impl Health {
             "webrtc_clients": viewers,
             "recording": recording.recording,
             "has_headers": stream.hub.parameter_sets().is_some(),
+            // "H.264" or "H.265" once the parameter sets were seen.
+            "codec": stream.hub.parameter_sets().map(|ps| ps.codec().name()),
             "camera_attached": attached,
             "last_frame_age_ms": age.map(|a| a.as_millis() as u64),
             "fps": fps,

@@ -2,7 +2,7 @@
 //!
 //! `streaming-server load-client -url http://board:8081 -viewers 20
 //! -seconds 30` negotiates each viewer through `POST /offer` (like a
-//! browser: recvonly H.264, NACK/PLI feedback, the `abs-capture-time` header
+//! browser: recvonly H.264 and/or H.265 (`-codec`), NACK/PLI feedback, the `abs-capture-time` header
 //! extension offered), reads its RTP without decoding, and prints one JSON
 //! report: per viewer the time to first RTP and to the first complete
 //! keyframe, packets, losses (sequence gaps), frames, keyframes, frame rate,
@@ -18,7 +18,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::Serialize;
+
+use crate::codec::Codec;
 
 /// The RTP header extension carrying the capture time (NTP format) of the
 /// frame a packet belongs to.
@@ -74,6 +77,239 @@ pub fn payload_has_idr(payload: &[u8]) -> bool {
     }
 }
 
+/// True if an RTP payload of `codec` carries (the start of) a keyframe:
+/// an IDR slice (H.264), an IRAP picture (H.265).
+pub fn payload_has_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::H264 => payload_has_idr(payload),
+        Codec::H265 => crate::rtp::h265::payload_starts_irap(payload),
+    }
+}
+
+/// The codec an answer sends: the rtpmap name of the first format on its
+/// video line.
+pub fn answered_codec(sdp: &str) -> Option<Codec> {
+    let lines: Vec<&str> = sdp.lines().map(str::trim).collect();
+    let formats = lines.iter().find_map(|l| l.strip_prefix("m=video "))?;
+    let first = formats.split_whitespace().nth(2)?;
+    let name = lines.iter().find_map(|l| {
+        let rest = l.strip_prefix("a=rtpmap:")?;
+        let (pt, codec) = rest.split_once(' ')?;
+        (pt == first).then(|| codec.split('/').next().unwrap_or(""))
+    })?;
+    match name.to_ascii_uppercase().as_str() {
+        "H264" => Some(Codec::H264),
+        "H265" => Some(Codec::H265),
+        _ => None,
+    }
+}
+
+/// The NAL units of a clip as a receiver sees them over RTP (what
+/// [`rtp::is_sent`](crate::rtp::is_sent) keeps), in order.
+pub fn clip_nal_units(codec: Codec, clip: &[u8]) -> Vec<Bytes> {
+    let clip = Bytes::copy_from_slice(clip);
+    crate::codec::annexb::split_annexb(&clip)
+        .into_iter()
+        .map(|range| clip.slice(range))
+        .filter(|nal| crate::rtp::is_sent(codec, nal))
+        .collect()
+}
+
+/// Checks a viewer's NAL units, byte for byte, against the clip the camera
+/// plays in a loop (`-verify FILE`): each must be the clip's next one, but
+/// for parameter sets, which must only equal one of the clip's (the server
+/// puts them in front of every keyframe; a clip may carry them once).
+/// Like a browser's jitter buffer it puts packets back in order and waits
+/// up to [`ClipCheck::REORDER_WAIT`] for a missing one (a retransmission
+/// answering a NACK); a packet given up on breaks the chain, and the check
+/// finds its place again from the NAL units that follow (the server resumes
+/// at a keyframe).
+#[derive(Debug)]
+pub struct ClipCheck {
+    codec: Codec,
+    /// The clip's NAL units but its parameter sets, in order.
+    clip: Vec<Bytes>,
+    parameter_sets: Vec<Bytes>,
+    /// Where in the clip the NAL units so far agree (the next index
+    /// expected): several while a NAL unit occurs more than once.
+    next: Vec<usize>,
+    h264: rtc::rtp::codec::h264::H264Packet,
+    h265: crate::rtp::h265::Depacketizer,
+    /// The extended sequence number of the next packet to check.
+    expected: Option<u64>,
+    /// Packets after a missing one: extended sequence number -> (payload,
+    /// marker, arrival).
+    waiting: std::collections::BTreeMap<u64, (Bytes, bool, Instant)>,
+    /// The access unit in progress had a lost packet or a mismatch.
+    damaged: bool,
+    /// The access unit in progress has a keyframe slice.
+    keyframe: bool,
+    pub matched: u64,
+    pub mismatched: u64,
+    /// Keyframe access units received whole, every NAL unit the clip's.
+    pub keyframes_matched: u64,
+    /// Packets given up on (never arrived within the wait).
+    pub packets_missing: u64,
+    pub first_mismatch: Option<String>,
+}
+
+impl ClipCheck {
+    /// How long a gap waits for its packet before it counts as lost.
+    pub const REORDER_WAIT: Duration = Duration::from_millis(300);
+    /// Packets held behind a gap at most.
+    const MAX_WAITING: usize = 2048;
+
+    pub fn new(codec: Codec, clip: Arc<Vec<Bytes>>) -> ClipCheck {
+        let (parameter_sets, clip) = clip.iter().cloned().partition(|nal| codec.is_parameter_set(nal));
+        ClipCheck {
+            codec,
+            clip,
+            parameter_sets,
+            next: Vec::new(),
+            h264: Default::default(),
+            h265: Default::default(),
+            expected: None,
+            waiting: Default::default(),
+            damaged: false,
+            keyframe: false,
+            matched: 0,
+            mismatched: 0,
+            keyframes_matched: 0,
+            packets_missing: 0,
+            first_mismatch: None,
+        }
+    }
+
+    /// One RTP packet of the video track, as it arrives.
+    pub fn on_packet(&mut self, sequence_number: u16, payload: &Bytes, marker: bool, now: Instant) {
+        let expected = match self.expected {
+            Some(expected) => expected,
+            None => {
+                if continues_a_fragment(self.codec, payload) {
+                    self.damaged = true; // joined in the middle of a NAL unit
+                }
+                u64::from(sequence_number) + (1 << 16) // room below for a late packet
+            }
+        };
+        // Extend the 16-bit number to the one nearest the expected.
+        let offset = i64::from(sequence_number.wrapping_sub(expected as u16) as i16);
+        let extended = expected.wrapping_add_signed(offset);
+        self.expected = Some(expected);
+        if extended < expected {
+            return; // checked already, or given up on
+        }
+        self.waiting.entry(extended).or_insert_with(|| (payload.clone(), marker, now));
+        self.drain(now);
+    }
+
+    /// Checks the packets now in order; gives up on a gap that waited too
+    /// long (or holds too much behind it).
+    fn drain(&mut self, now: Instant) {
+        loop {
+            let Some(mut expected) = self.expected else { return };
+            while let Some((payload, marker, _)) = self.waiting.remove(&expected) {
+                self.check(expected as u16, &payload, marker);
+                expected += 1;
+            }
+            self.expected = Some(expected);
+            let Some((&first, &(_, _, arrived))) = self.waiting.iter().next() else { return };
+            let oldest = self.waiting.values().map(|(_, _, at)| *at).min().unwrap_or(arrived);
+            if now.duration_since(oldest) < Self::REORDER_WAIT && self.waiting.len() < Self::MAX_WAITING {
+                return;
+            }
+            // Lost: carry on after the gap with a broken chain.
+            self.packets_missing += first - expected;
+            self.expected = Some(first);
+            self.next.clear();
+            self.h264 = Default::default();
+            self.h265 = Default::default();
+            self.damaged = true;
+        }
+    }
+
+    fn check(&mut self, sequence_number: u16, payload: &Bytes, marker: bool) {
+        let nal_units = match self.codec {
+            Codec::H264 => {
+                use rtc::rtp::packetizer::Depacketizer as _;
+                match self.h264.depacketize(payload) {
+                    Ok(annexb) => crate::codec::annexb::split_annexb(&annexb)
+                        .into_iter()
+                        .map(|range| annexb.slice(range))
+                        .collect(),
+                    Err(e) => {
+                        self.mismatch(format!("H.264 payload of packet {sequence_number}: {e}"));
+                        Vec::new()
+                    }
+                }
+            }
+            Codec::H265 => match self.h265.push(sequence_number, payload, marker) {
+                Ok(out) => out.nal_units,
+                Err(e) => {
+                    self.mismatch(format!("packet {sequence_number}: {e}"));
+                    Vec::new()
+                }
+            },
+        };
+        for nal in nal_units {
+            self.keyframe |= self.codec.is_keyframe_nal(&nal);
+            self.nal_unit(&nal);
+        }
+        if marker {
+            if self.keyframe && !self.damaged {
+                self.keyframes_matched += 1;
+            }
+            self.keyframe = false;
+            self.damaged = false;
+        }
+    }
+
+    fn nal_unit(&mut self, nal: &[u8]) {
+        if self.codec.is_parameter_set(nal) {
+            if self.parameter_sets.iter().any(|ps| ps == nal) {
+                self.matched += 1;
+            } else {
+                let kind = self.codec.nal_type(nal);
+                self.mismatch(format!("a {}-byte parameter set (type {kind}) is none of the clip's", nal.len()));
+            }
+            return;
+        }
+        let clip = &self.clip;
+        if clip.is_empty() {
+            return self.mismatch("the clip has no NAL units".into());
+        }
+        if self.next.is_empty() {
+            // Find the place: every position of this NAL unit in the clip.
+            self.next = (0..clip.len()).filter(|&i| clip[i] == nal).map(|i| (i + 1) % clip.len()).collect();
+        } else {
+            self.next.retain(|&i| clip[i] == nal);
+            for i in &mut self.next {
+                *i = (*i + 1) % clip.len();
+            }
+        }
+        if self.next.is_empty() {
+            let kind = self.codec.nal_type(nal);
+            return self.mismatch(format!("a {}-byte NAL unit of type {kind} is not the clip's next", nal.len()));
+        }
+        self.matched += 1;
+    }
+
+    fn mismatch(&mut self, why: String) {
+        self.damaged = true;
+        self.mismatched += 1;
+        self.first_mismatch.get_or_insert(why);
+    }
+}
+
+/// A fragment other than the first of its NAL unit (FU-A, H.265 FU).
+fn continues_a_fragment(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::H264 => {
+            payload.first().is_some_and(|h| h & 0x1f == 28) && payload.get(1).is_some_and(|fu| fu & 0x80 == 0)
+        }
+        Codec::H265 => payload.len() >= 3 && Codec::H265.nal_type(payload) == 49 && payload[2] & 0x80 == 0,
+    }
+}
+
 /// Per-viewer accounting, fed one packet at a time.
 #[derive(Debug, Default)]
 pub struct ReceiverStats {
@@ -81,8 +317,10 @@ pub struct ReceiverStats {
     first_packet: Option<Instant>,
     first_keyframe: Option<Instant>,
     last_seq: Option<u16>,
+    codec: Codec,
     pub packets: u64,
     pub lost: u64,
+    pub late: u64,
     pub frames: u64,
     pub keyframes: u64,
     frame_has_idr: bool,
@@ -99,12 +337,18 @@ pub struct ViewerReport {
     pub viewer: usize,
     pub connected: bool,
     pub error: Option<String>,
+    /// The codec the server answered with (`H.264`, `H.265`).
+    pub codec: String,
     /// POST /offer to the first RTP packet.
     pub first_rtp_ms: Option<f64>,
     /// POST /offer to the last packet of the first complete IDR frame.
     pub first_keyframe_ms: Option<f64>,
     pub packets: u64,
+    /// Sequence gaps when packets arrived (a later retransmission may
+    /// have filled some: `late`).
     pub lost: u64,
+    /// Packets that arrived after a later one (retransmissions, reordering).
+    pub late: u64,
     pub frames: u64,
     pub keyframes: u64,
     pub fps: f64,
@@ -117,6 +361,23 @@ pub struct ViewerReport {
     /// The samples themselves, pooled into the run's percentiles.
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
+    /// With `-verify`: NAL units equal to the clip's, and those not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_nal_units_matched: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_nal_units_mismatched: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_keyframes_matched: Option<u64>,
+    /// Packets that never arrived, even late (after the jitter wait).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_packets_missing: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_first_mismatch: Option<String>,
+}
+
+/// The sum of the values present; None when none is.
+fn sum_some(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    values.flatten().reduce(|a, b| a + b)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -132,13 +393,21 @@ impl ReceiverStats {
         ReceiverStats { started: Some(now), ..ReceiverStats::default() }
     }
 
+    /// The codec the answer chose (what tells keyframes apart).
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+    }
+
     pub fn on_packet(&mut self, packet: PacketInfo<'_>, now: Instant, wall_now: SystemTime) {
         self.packets += 1;
         self.first_packet.get_or_insert(now);
         if let Some(last) = self.last_seq {
             let gap = packet.sequence_number.wrapping_sub(last);
             if gap == 0 || gap > 0x8000 {
-                return; // duplicate or reordered late packet: not new data
+                // A duplicate, or late: a retransmission answering a NACK,
+                // or reordering. Counted, not new data here.
+                self.late += 1;
+                return;
             }
             if gap > 1 {
                 self.lost += u64::from(gap - 1);
@@ -146,7 +415,7 @@ impl ReceiverStats {
             }
         }
         self.last_seq = Some(packet.sequence_number);
-        self.frame_has_idr |= payload_has_idr(packet.payload);
+        self.frame_has_idr |= payload_has_keyframe(self.codec, packet.payload);
         if packet.marker {
             self.frames += 1;
             if self.frame_has_idr {
@@ -183,11 +452,13 @@ impl ReceiverStats {
         ViewerReport {
             viewer,
             connected: self.first_packet.is_some(),
+            codec: self.codec.name().to_string(),
             error: None,
             first_rtp_ms: since_start(self.first_packet),
             first_keyframe_ms: since_start(self.first_keyframe),
             packets: self.packets,
             lost: self.lost,
+            late: self.late,
             frames: self.frames,
             keyframes: self.keyframes,
             fps,
@@ -196,6 +467,7 @@ impl ReceiverStats {
             latency_p50_ms: percentile(&latencies, 0.5),
             latency_p99_ms: percentile(&latencies, 0.99),
             latencies_ms: latencies,
+            ..ViewerReport::default()
         }
     }
 }
@@ -214,6 +486,15 @@ pub struct LoadReport {
     pub first_keyframe_max_ms: Option<f64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// With `-verify`: NAL units equal to the clip's, and those not, over
+    /// all viewers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_nal_units_matched: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_nal_units_mismatched: Option<u64>,
+    /// Keyframes received whole and equal to the clip's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_keyframes_matched: Option<u64>,
     pub per_viewer: Vec<ViewerReport>,
 }
 
@@ -235,6 +516,9 @@ impl LoadReport {
             first_keyframe_max_ms: first.last().copied(),
             latency_p50_ms: percentile(&latencies, 0.5),
             latency_p99_ms: percentile(&latencies, 0.99),
+            clip_nal_units_matched: sum_some(per_viewer.iter().map(|v| v.clip_nal_units_matched)),
+            clip_nal_units_mismatched: sum_some(per_viewer.iter().map(|v| v.clip_nal_units_mismatched)),
+            clip_keyframes_matched: sum_some(per_viewer.iter().map(|v| v.clip_keyframes_matched)),
             per_viewer,
         }
     }
@@ -256,13 +540,18 @@ pub struct LoadOptions {
     pub token: Option<String>,
     /// The path to watch (`/NAME/offer`); empty for the legacy `/offer`.
     pub path: String,
+    /// Codecs offered, in preference order.
+    pub codecs: Vec<Codec>,
+    /// The clip the camera loops, its codec and [`clip_nal_units`]: every
+    /// viewer checks what it receives against it.
+    pub verify: Option<(Codec, Arc<Vec<Bytes>>)>,
 }
 
 mod peer {
     //! One receiving peer connection (the `webrtc` crate as the client).
 
     use super::*;
-    use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+    use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_HEVC};
     use rtc::rtp_transceiver::rtp_sender::{
         RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
     };
@@ -275,6 +564,12 @@ mod peer {
     };
     use webrtc::runtime::TokioRuntime;
 
+    /// Chrome's H.265 offer (payload type, fmtp), Main and Main 10.
+    const H265_OFFER: &[(u8, &str)] = &[
+        (49, "level-id=180;profile-id=1;tier-flag=0;tx-mode=SRST"),
+        (51, "level-id=180;profile-id=2;tier-flag=0;tx-mode=SRST"),
+    ];
+
     /// Chrome's H.264 offer (payload type, fmtp).
     const H264_OFFER: &[(u8, &str)] = &[
         (102, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f"),
@@ -286,6 +581,8 @@ mod peer {
     struct Handler {
         gathered: watch::Sender<bool>,
         stats: Arc<Mutex<ReceiverStats>>,
+        /// With `-verify`, set once the answer names the codec.
+        check: Arc<Mutex<Option<ClipCheck>>>,
         /// The negotiated abs-capture-time extension id, once answered.
         abs_capture_id: Arc<Mutex<Option<u8>>>,
     }
@@ -300,6 +597,7 @@ mod peer {
 
         async fn on_track(&self, track: Arc<dyn TrackRemote>) {
             let stats = self.stats.clone();
+            let check = self.check.clone();
             let ext_id = *self.abs_capture_id.lock().unwrap_or_else(|e| e.into_inner());
             tokio::spawn(async move {
                 while let Some(event) = track.poll().await {
@@ -315,6 +613,10 @@ mod peer {
                         capture_ntp,
                     };
                     stats.lock().unwrap_or_else(|e| e.into_inner()).on_packet(info, Instant::now(), SystemTime::now());
+                    if let Some(check) = check.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        let header = &packet.header;
+                        check.on_packet(header.sequence_number, &packet.payload, header.marker, Instant::now());
+                    }
                 }
             });
         }
@@ -332,10 +634,14 @@ mod peer {
     /// Connects one viewer and receives for `duration`; returns its report.
     pub async fn run_viewer(viewer: usize, options: &LoadOptions) -> Result<ViewerReport, String> {
         let mut media_engine = MediaEngine::default();
-        for (pt, fmtp) in H264_OFFER {
+        let offered = options.codecs.iter().flat_map(|codec| match codec {
+            Codec::H264 => H264_OFFER.iter().map(|(pt, fmtp)| (MIME_TYPE_H264, *pt, *fmtp)).collect::<Vec<_>>(),
+            Codec::H265 => H265_OFFER.iter().map(|(pt, fmtp)| (MIME_TYPE_HEVC, *pt, *fmtp)).collect(),
+        });
+        for (mime_type, pt, fmtp) in offered {
             let codec = RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
-                    mime_type: MIME_TYPE_H264.to_owned(),
+                    mime_type: mime_type.to_owned(),
                     clock_rate: 90_000,
                     channels: 0,
                     sdp_fmtp_line: fmtp.to_string(),
@@ -347,7 +653,7 @@ mod peer {
                         })
                         .collect(),
                 },
-                payload_type: *pt,
+                payload_type: pt,
             };
             media_engine.register_codec(codec, RtpCodecKind::Video).map_err(|e| e.to_string())?;
         }
@@ -362,10 +668,20 @@ mod peer {
         let (gathered_tx, mut gathered) = watch::channel(false);
         let stats = Arc::new(Mutex::new(ReceiverStats::default()));
         let abs_capture_id = Arc::new(Mutex::new(None));
-        let handler =
-            Arc::new(Handler { gathered: gathered_tx, stats: stats.clone(), abs_capture_id: abs_capture_id.clone() });
-        let settings =
-            SettingEngineBuilder::new().with_include_loopback_candidate(options.local_ip.is_loopback()).build();
+        let check = Arc::new(Mutex::new(None));
+        let handler = Arc::new(Handler {
+            gathered: gathered_tx,
+            stats: stats.clone(),
+            check: check.clone(),
+            abs_capture_id: abs_capture_id.clone(),
+        });
+        // A browser's SRTP replay window (libwebrtc: 1024 packets), not the
+        // crate's 64: a retransmission answering a NACK arrives behind the
+        // rest of a large keyframe and must still be accepted.
+        let settings = SettingEngineBuilder::new()
+            .with_include_loopback_candidate(options.local_ip.is_loopback())
+            .with_srtp_replay_protection_window(1024)
+            .build();
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
@@ -390,13 +706,29 @@ mod peer {
         let started = Instant::now();
         *stats.lock().unwrap_or_else(|e| e.into_inner()) = ReceiverStats::start(started);
         let answer = post_offer(&options.url, &options.path, &offer, options.token.as_deref()).await?;
+        log::debug!("viewer {viewer}: answer:\n{answer}");
         *abs_capture_id.lock().unwrap_or_else(|e| e.into_inner()) = extmap_id(&answer, ABS_CAPTURE_TIME_URI);
+        let codec = answered_codec(&answer).ok_or("the answer sends no H.264 or H.265")?;
+        stats.lock().unwrap_or_else(|e| e.into_inner()).set_codec(codec);
+        if let Some((clip_codec, clip)) = &options.verify {
+            if *clip_codec != codec {
+                return Err(format!("the server sends {codec}, the clip to verify against is {clip_codec}"));
+            }
+            *check.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClipCheck::new(codec, clip.clone()));
+        }
         pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?)
             .await
             .map_err(|e| format!("answer: {e}"))?;
         tokio::time::sleep(options.duration).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
-        let report = stats.lock().unwrap_or_else(|e| e.into_inner()).report(viewer);
+        let mut report = stats.lock().unwrap_or_else(|e| e.into_inner()).report(viewer);
+        if let Some(check) = check.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            report.clip_nal_units_matched = Some(check.matched);
+            report.clip_nal_units_mismatched = Some(check.mismatched);
+            report.clip_keyframes_matched = Some(check.keyframes_matched);
+            report.clip_packets_missing = Some(check.packets_missing);
+            report.clip_first_mismatch = check.first_mismatch.clone();
+        }
         Ok(report)
     }
 
@@ -545,6 +877,181 @@ mod tests {
         stats.on_packet(info, t0, received);
         let latency = stats.report(0).latency_p50_ms.unwrap();
         assert!((latency - 12.0).abs() < 0.01, "{latency}");
+    }
+
+    #[test]
+    fn keyframes_by_codec() {
+        // H.265: an IDR_W_RADL (type 19) NAL header, a TRAIL_R (type 1) one,
+        // and an FU (type 49) starting a CRA (type 21).
+        assert!(payload_has_keyframe(Codec::H265, &[19 << 1, 1, 0xaf]));
+        assert!(!payload_has_keyframe(Codec::H265, &[1 << 1, 1, 0xaf]));
+        assert!(payload_has_keyframe(Codec::H265, &[49 << 1, 1, 0x80 | 21, 0xaf]));
+        assert!(!payload_has_keyframe(Codec::H265, &[49 << 1, 1, 21, 0xaf]));
+        // The H.264 reading of an H.265 IDR header is not a keyframe.
+        assert!(!payload_has_keyframe(Codec::H264, &[19 << 1, 1, 0xaf]));
+    }
+
+    /// An H.265 NAL unit of `kind` with `len` bytes of a pattern.
+    fn hevc_nal(kind: u8, len: usize, seed: u8) -> Bytes {
+        let mut nal = vec![kind << 1, 1];
+        nal.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+        Bytes::from(nal)
+    }
+
+    /// A looping clip of two GOPs: parameter sets, a large IRAP, slices.
+    fn hevc_clip() -> Vec<Bytes> {
+        let mut clip = Vec::new();
+        for gop in 0..2u8 {
+            clip.extend([hevc_nal(32, 20, 0), hevc_nal(33, 40, 0), hevc_nal(34, 8, 0)]);
+            clip.push(hevc_nal(19, 5000, gop));
+            clip.extend((0..3).map(|n| hevc_nal(1, 300 + usize::from(n) * 700, gop * 10 + n)));
+        }
+        clip
+    }
+
+    /// The RTP packets (sequence number, payload, marker) of `clip` played
+    /// `times`, starting at access unit `from`: one access unit per IRAP
+    /// with its parameter sets, one per other slice.
+    fn hevc_packets(clip: &[Bytes], from: usize, times: usize) -> Vec<(u16, Bytes, bool)> {
+        let mut units: Vec<Vec<Bytes>> = Vec::new();
+        for nal in clip {
+            let kind = Codec::H265.nal_type(nal);
+            if kind == 32 || kind == 1 || units.is_empty() {
+                units.push(Vec::new());
+            }
+            units.last_mut().unwrap().push(nal.clone());
+        }
+        let mut out = Vec::new();
+        let mut seq = 65_000u16; // wraps
+        for unit in units.iter().cycle().skip(from).take(units.len() * times) {
+            let payloads = crate::rtp::h265::packetize_nals(unit.iter().cloned(), 1000);
+            let last = payloads.len() - 1;
+            for (i, payload) in payloads.into_iter().enumerate() {
+                out.push((seq, payload, i == last));
+                seq = seq.wrapping_add(1);
+            }
+        }
+        out
+    }
+
+    /// Arrival times 10 ms apart.
+    fn at(i: usize) -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now) + Duration::from_millis(10 * i as u64)
+    }
+
+    #[test]
+    fn the_clip_check_follows_a_looping_clip_through_fragments_and_aggregates() {
+        let clip = Arc::new(hevc_clip());
+        // Joined mid-clip (at the second GOP), around the loop twice.
+        let mut check = ClipCheck::new(Codec::H265, clip.clone());
+        for (i, (seq, payload, marker)) in hevc_packets(&clip, 4, 2).into_iter().enumerate() {
+            check.on_packet(seq, &payload, marker, at(i));
+        }
+        assert_eq!((check.matched, check.mismatched), (2 * clip.len() as u64, 0), "{:?}", check.first_mismatch);
+        assert_eq!((check.keyframes_matched, check.packets_missing), (4, 0));
+    }
+
+    #[test]
+    fn the_clip_check_puts_late_packets_back_in_order() {
+        let clip = Arc::new(hevc_clip());
+        let mut packets = hevc_packets(&clip, 0, 2);
+        // Packet 3 (inside the first IRAP) arrives 20 packets late, as a
+        // retransmission would; packets 30 and 31 swap places.
+        let late = packets.remove(3);
+        packets.insert(23, late);
+        packets.swap(30, 31);
+        let mut check = ClipCheck::new(Codec::H265, clip.clone());
+        for (i, (seq, payload, marker)) in packets.iter().enumerate() {
+            check.on_packet(*seq, payload, *marker, at(0) + Duration::from_millis(i as u64));
+        }
+        assert_eq!((check.mismatched, check.packets_missing), (0, 0), "{:?}", check.first_mismatch);
+        assert_eq!((check.matched, check.keyframes_matched), (2 * clip.len() as u64, 4));
+    }
+
+    #[test]
+    fn the_clip_check_counts_a_changed_byte_and_survives_loss() {
+        let clip = Arc::new(hevc_clip());
+        let packets = hevc_packets(&clip, 0, 2);
+        // A lost packet (the middle of the first IRAP): once the wait is
+        // over, that IRAP is not counted, nothing is a mismatch and the
+        // check finds its place again.
+        let mut check = ClipCheck::new(Codec::H265, clip.clone());
+        for (i, (seq, payload, marker)) in packets.iter().enumerate() {
+            if i != 3 {
+                check.on_packet(*seq, payload, *marker, at(i));
+            }
+        }
+        assert_eq!(check.mismatched, 0, "{:?}", check.first_mismatch);
+        assert_eq!((check.keyframes_matched, check.packets_missing), (3, 1));
+        // One byte changed in a P slice: a mismatch, and the slice's access
+        // unit is damaged.
+        let mut check = ClipCheck::new(Codec::H265, clip.clone());
+        for (i, (seq, payload, marker)) in packets.iter().enumerate() {
+            let mut payload = payload.to_vec();
+            if i == packets.len() - 1 {
+                *payload.last_mut().unwrap() ^= 1;
+            }
+            check.on_packet(*seq, &Bytes::from(payload), *marker, at(i));
+        }
+        assert_eq!(check.mismatched, 1);
+        assert_eq!(check.keyframes_matched, 4);
+        assert!(check.first_mismatch.as_deref().is_some_and(|m| m.contains("type 1")), "{:?}", check.first_mismatch);
+    }
+
+    #[test]
+    fn parameter_sets_in_front_of_every_keyframe_need_only_equal_the_clips() {
+        // The clip carries its parameter sets once; the server sends them
+        // in front of both IRAPs.
+        let full = hevc_clip();
+        let clip: Vec<Bytes> = full[..7].iter().chain(&full[10..]).cloned().collect();
+        let mut check = ClipCheck::new(Codec::H265, Arc::new(clip.clone()));
+        for (i, (seq, payload, marker)) in hevc_packets(&full, 0, 1).into_iter().enumerate() {
+            check.on_packet(seq, &payload, marker, at(i));
+        }
+        assert_eq!((check.mismatched, check.keyframes_matched), (0, 2), "{:?}", check.first_mismatch);
+        // A parameter set the clip does not have is a mismatch.
+        let mut check = ClipCheck::new(Codec::H265, Arc::new(clip));
+        let mut changed = full[1].to_vec();
+        *changed.last_mut().unwrap() ^= 1;
+        for (i, payload) in crate::rtp::h265::packetize_nals([Bytes::from(changed)], 1000).into_iter().enumerate() {
+            check.on_packet(i as u16, &payload, true, at(i));
+        }
+        assert_eq!(check.mismatched, 1);
+    }
+
+    #[test]
+    fn the_clip_check_reads_h264_too() {
+        let nal = |header: u8, len: usize| {
+            let mut n = vec![header];
+            n.extend((0..len).map(|i| i as u8));
+            Bytes::from(n)
+        };
+        let clip = Arc::new(vec![nal(0x67, 10), nal(0x68, 4), nal(0x65, 3000), nal(0x41, 500)]);
+        let mut check = ClipCheck::new(Codec::H264, clip.clone());
+        let mut seq = 0u16;
+        for unit in [&clip[..3], &clip[3..], &clip[..3]] {
+            let payloads = crate::rtp::h264::packetize_nals(unit.iter().cloned(), 1000);
+            let last = payloads.len() - 1;
+            for (i, payload) in payloads.into_iter().enumerate() {
+                check.on_packet(seq, &payload, i == last, at(seq.into()));
+                seq += 1;
+            }
+        }
+        assert_eq!((check.matched, check.mismatched, check.keyframes_matched), (7, 0, 2), "{:?}", check.first_mismatch);
+    }
+
+    #[test]
+    fn the_answer_names_the_codec() {
+        let answer = |first: &str| {
+            format!(
+                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF {first}\r\na=rtpmap:102 H264/90000\r\na=rtpmap:49 H265/90000\r\n"
+            )
+        };
+        assert_eq!(answered_codec(&answer("102")), Some(Codec::H264));
+        assert_eq!(answered_codec(&answer("49")), Some(Codec::H265));
+        assert_eq!(answered_codec(&answer("96")), None);
+        assert_eq!(answered_codec("v=0\r\n"), None);
     }
 
     #[test]

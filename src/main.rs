@@ -115,12 +115,27 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
         local_ip: args.local_ip,
         token,
         path: args.path.clone(),
+        codecs: args.codec.clone(),
+        verify: match &args.verify {
+            Some(path) => {
+                let clip = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let codec = fake_camera::codec_of_file(path);
+                Some((codec, Arc::new(load_client::clip_nal_units(codec, &clip))))
+            }
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let report = runtime.block_on(load_client::run(options));
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     if report.connected < report.viewers {
         return Err(format!("{} of {} viewers received nothing", report.viewers - report.connected, report.viewers));
+    }
+    if let Some(bad) = report.clip_nal_units_mismatched.filter(|&n| n > 0) {
+        return Err(format!("{bad} NAL units differ from the clip"));
+    }
+    if report.clip_nal_units_matched == Some(0) {
+        return Err("no NAL unit was checked against the clip".into());
     }
     Ok(())
 }

@@ -81,6 +81,7 @@ pub struct StreamMetrics {
     pub webrtc_packets_lost: IntCounter,
     pub webrtc_keyframe_requests: IntCounter,
     recording_errors: IntCounterVec,
+    codec_info: IntGaugeVec,
     pub recordings: IntCounter,
     pub recording_files_deleted: IntCounter,
 }
@@ -99,12 +100,13 @@ impl Metrics {
             registry.register(Box::new(metric.clone())).expect("each metric is registered once");
             (name, metric)
         };
-        let gauge = |name: &'static str, help: &str| {
-            let metric = IntGaugeVec::new(Opts::new(format!("streaming_path_{name}"), help), &["path"])
+        let gauge_with = |name: &'static str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(format!("streaming_path_{name}"), help), labels)
                 .expect("metric names are static and valid");
             registry.register(Box::new(metric.clone())).expect("each metric is registered once");
             (name, metric)
         };
+        let gauge = |name: &'static str, help: &str| gauge_with(name, help, &["path"]);
         let histogram = |name: &'static str, help: &str, buckets: Vec<f64>| {
             let opts = HistogramOpts::new(format!("streaming_path_{name}"), help).buckets(buckets);
             let metric = HistogramVec::new(opts, &["path"]).expect("metric names are static and valid");
@@ -145,6 +147,7 @@ impl Metrics {
                 gauge("recording_bytes", "Bytes written to the current recording"),
                 gauge("recording_frames", "Frames written to the current recording"),
                 gauge("camera_attached", "1 while the source delivers"),
+                gauge_with("codec_info", "1 for the codec the stream carries now (h264, h265)", &["path", "codec"]),
             ],
             histograms: vec![
                 histogram(
@@ -219,6 +222,7 @@ impl Metrics {
             webrtc_packets_lost: c("webrtc_packets_lost_total"),
             webrtc_keyframe_requests: c("webrtc_keyframe_requests_total"),
             recording_errors: self.counter("recording_errors_total").clone(),
+            codec_info: self.gauge("codec_info").clone(),
             recordings: c("recordings_total"),
             recording_files_deleted: c("recording_files_deleted_total"),
         };
@@ -297,6 +301,13 @@ impl StreamMetrics {
         self.recording_errors.with_label_values(&[&self.path, op]).inc();
     }
 
+    /// The stream carries `codec` now: its info series is 1, the others 0.
+    pub fn set_codec(&self, codec: crate::codec::Codec) {
+        for other in crate::codec::Codec::ALL {
+            self.codec_info.with_label_values(&[&self.path, other.extension()]).set(i64::from(other == codec));
+        }
+    }
+
     /// The frame-errors count of one stage and reason (tests, `/health`).
     pub fn frame_errors(&self, stage: &str, reason: &str) -> u64 {
         self.frame_errors.with_label_values(&[&self.path, stage, reason]).get()
@@ -324,6 +335,11 @@ mod tests {
         assert!(text.contains("streaming_frame_latency_ms_count 1"), "{text}");
         assert!(!text.contains("streaming_frames_read_total 7"), "{text}");
         assert_eq!(text.matches("# TYPE streaming_frames_read_total counter").count(), 1);
+        day.set_codec(crate::codec::Codec::H265);
+        let text = metrics.encode();
+        assert!(text.contains("streaming_path_codec_info{codec=\"h265\",path=\"day\"} 1"), "{text}");
+        assert!(text.contains("streaming_path_codec_info{codec=\"h264\",path=\"day\"} 0"), "{text}");
+        assert!(!text.contains("streaming_codec_info{"), "{text}");
         metrics.set_legacy_path("day");
         let text = metrics.encode();
         assert!(text.contains("\nstreaming_frames_read_total 7\n"), "{text}");

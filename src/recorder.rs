@@ -1,4 +1,5 @@
-//! Recorder: the hub's access units in, raw Annex-B `.h264` files out.
+//! Recorder: the hub's access units in, raw Annex-B `.h264`/`.h265` files
+//! out (the extension says the codec; a codec change starts a new file).
 //!
 //! [`Recorder::start`] (called from a control-plane thread) creates
 //! `recording_YYYYMMDD_HHMMSS.h264` with `O_EXCL`, subscribes to the hub
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::codec::AccessUnit;
+use crate::codec::{AccessUnit, Codec};
 use crate::hub::{ConsumerStats, QueueBudget, Queued, StartAt, SubscribeOptions, Subscription};
 use crate::stream::Stream;
 
@@ -89,6 +90,9 @@ pub struct RecordingStatus {
     /// Files this recording has used so far (more than 1 only with segments);
     /// `filename` is the newest, the counts above cover all of them.
     pub segments: u64,
+    /// The codec of the recording's files (`H.264`, `H.265`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub codec: String,
     /// True from `/stop` until the file is synced and closed (a slow disk
     /// can make that take seconds; `/start` meanwhile gets 409).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -344,7 +348,10 @@ impl Recorder {
         std::fs::create_dir_all(&inner.dir)
             .map_err(|e| RecorderError::Io(format!("cannot create {}: {e}", inner.dir.display())))?;
         let wall = SystemTime::now();
-        let (file, name) = create_unique(&inner.dir, &local_stamp(wall))?;
+        // The stream's codec when known; an idle on-demand source tells at
+        // its first frame (the writer renames the still empty file then).
+        let codec = inner.stream.hub.parameter_sets().map_or(Codec::H264, |ps| ps.codec());
+        let (file, name) = create_unique(&inner.dir, &local_stamp(wall), codec)?;
         // Make the new name durable before any data: a crash then leaves a
         // (possibly empty) file rather than data with no name.
         sync_dir(&inner.dir).map_err(|e| RecorderError::Io(format!("fsync {}: {e}", inner.dir.display())))?;
@@ -360,6 +367,7 @@ impl Recorder {
             state: Mutex::new(StatusState {
                 status: RecordingStatus {
                     recording: true,
+                    codec: codec.name().to_string(),
                     filename: name.clone(),
                     start_time: rfc3339_local(wall),
                     segments: 1,
@@ -374,6 +382,7 @@ impl Recorder {
             inner: inner.clone(),
             _demand: inner.stream.demand.hold(),
             recording: recording.clone(),
+            codec,
             file,
             path: writer_path.clone(),
             subscription,
@@ -521,6 +530,8 @@ struct Writer {
     _demand: crate::stream::DemandGuard,
     /// This recording's status, which only this writer updates.
     recording: Arc<Recording>,
+    /// What the current file holds (its extension).
+    codec: Codec,
     file: File,
     path: PathBuf,
     name: String,
@@ -588,7 +599,9 @@ impl Writer {
             self.segment_first_capture
                 .is_some_and(|first| au.capture_time.saturating_sub(first) + SEGMENT_SLACK >= length)
         });
-        if au.is_keyframe && due && self.segment_bytes > 0 {
+        if au.codec != self.codec {
+            self.switch_codec(au.codec)?;
+        } else if au.is_keyframe && due && self.segment_bytes > 0 {
             self.rotate()?;
         }
         if self.segment_first_capture.is_none() {
@@ -615,11 +628,39 @@ impl Writer {
         Ok(())
     }
 
+    /// The stream's codec changed (or is first known): an empty file is
+    /// renamed to the new extension, a file with data is closed and the
+    /// recording goes on in a new one.
+    fn switch_codec(&mut self, codec: Codec) -> Result<(), (&'static str, io::Error)> {
+        log::info!("recording: the stream is {codec} now (was {})", self.codec);
+        self.codec = codec;
+        if self.segment_bytes > 0 {
+            return self.rotate();
+        }
+        let dir = self.inner.dir.clone();
+        let stem = self.name.rsplit_once('.').map_or(self.name.as_str(), |(stem, _)| stem).to_string();
+        let name = format!("{stem}.{}", codec.extension());
+        let target = dir.join(&name);
+        if target.exists() {
+            // Taken (a same-second name): a fresh unique one instead.
+            return self.rotate();
+        }
+        std::fs::rename(&self.path, &target).map_err(|e| ("create", e))?;
+        sync_dir(&dir).map_err(|e| ("fsync directory", e))?;
+        self.path = target;
+        self.name = name.clone();
+        self.recording.update(|state| {
+            state.status.filename = name;
+            state.status.codec = codec.name().to_string();
+        });
+        Ok(())
+    }
+
     /// Closes the current file like a stop and continues in a new one.
     fn rotate(&mut self) -> Result<(), (&'static str, io::Error)> {
         self.file.sync_all().map_err(|e| ("fsync", e))?;
         let dir = self.inner.dir.clone();
-        let (file, name) = create_unique(&dir, &local_stamp(SystemTime::now()))
+        let (file, name) = create_unique(&dir, &local_stamp(SystemTime::now()), self.codec)
             .map_err(|e| ("create", io::Error::other(e.to_string())))?;
         sync_dir(&dir).map_err(|e| ("fsync directory", e))?;
         log::info!("recording: segment {} done ({} bytes); next {name}", self.path.display(), self.segment_bytes);
@@ -632,9 +673,11 @@ impl Writer {
         self.dirty = false;
         self.last_sync = Instant::now();
         let segments = self.segments;
+        let codec = self.codec.name().to_string();
         self.recording.update(|state| {
             state.status.filename = name;
             state.status.segments = segments;
+            state.status.codec = codec;
         });
         self.enforce_retention();
         Ok(())
@@ -755,21 +798,23 @@ impl Writer {
     }
 }
 
-/// Creates `<stem>.h264`, or `<stem>_1.h264`, ... with `O_EXCL`, so two
-/// starts in one second never share (or overwrite) a file.
-fn create_unique(dir: &Path, stem: &str) -> Result<(File, String), RecorderError> {
+/// Creates `<stem>.h264` (or `.h265`), or `<stem>_1.h264`, ... with
+/// `O_EXCL`, so two starts in one second never share (or overwrite) a file.
+fn create_unique(dir: &Path, stem: &str, codec: Codec) -> Result<(File, String), RecorderError> {
+    let ext = codec.extension();
     for n in 0..=MAX_NAME_SUFFIX {
-        let name = if n == 0 { format!("{stem}.h264") } else { format!("{stem}_{n}.h264") };
+        let name = if n == 0 { format!("{stem}.{ext}") } else { format!("{stem}_{n}.{ext}") };
         match OpenOptions::new().write(true).create_new(true).mode(0o644).open(dir.join(&name)) {
             Ok(file) => return Ok((file, name)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(RecorderError::Io(format!("cannot create {}: {e}", dir.join(&name).display()))),
         }
     }
-    Err(RecorderError::Io(format!("{stem}_*.h264: more than {MAX_NAME_SUFFIX} files this second")))
+    Err(RecorderError::Io(format!("{stem}_*.{ext}: more than {MAX_NAME_SUFFIX} files this second")))
 }
 
-/// The directory's `recording_*.h264` files other than `current`, oldest
+/// The directory's `recording_*.h264` and `recording_*.h265` files other
+/// than `current`, oldest
 /// first: (path, modified, size).
 fn old_recordings(dir: &Path, current: &str) -> Vec<(PathBuf, SystemTime, u64)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -780,7 +825,7 @@ fn old_recordings(dir: &Path, current: &str) -> Vec<(PathBuf, SystemTime, u64)> 
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.starts_with("recording_") && name.ends_with(".h264") && name != current
+            name.starts_with("recording_") && (name.ends_with(".h264") || name.ends_with(".h265")) && name != current
         })
         .filter_map(|e| {
             let meta = e.metadata().ok().filter(|m| m.is_file())?;
@@ -868,9 +913,11 @@ mod tests {
     #[test]
     fn same_second_names_never_collide() {
         let dir = tempfile::tempdir().unwrap();
-        let (_a, first) = create_unique(dir.path(), "recording_20250101_000000").unwrap();
-        let (_b, second) = create_unique(dir.path(), "recording_20250101_000000").unwrap();
-        let (_c, third) = create_unique(dir.path(), "recording_20250101_000000").unwrap();
+        let (_a, first) = create_unique(dir.path(), "recording_20250101_000000", Codec::H264).unwrap();
+        let (_b, second) = create_unique(dir.path(), "recording_20250101_000000", Codec::H264).unwrap();
+        let (_c, third) = create_unique(dir.path(), "recording_20250101_000000", Codec::H264).unwrap();
+        let (_d, hevc) = create_unique(dir.path(), "recording_20250101_000000", Codec::H265).unwrap();
+        assert_eq!(hevc, "recording_20250101_000000.h265");
         assert_eq!(first, "recording_20250101_000000.h264");
         assert_eq!(second, "recording_20250101_000000_1.h264");
         assert_eq!(third, "recording_20250101_000000_2.h264");

@@ -6,9 +6,12 @@ mod common;
 mod control_support;
 mod webrtc_common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use control_support::{call, get, post, wait_until};
+use streaming_server::codec::Codec;
+use streaming_server::load_client::clip_nal_units;
 use webrtc_common::{clip_nals, find_in_loop, Client, CHROME_H264};
 
 fn start(tag: &str, max_clients: &str) -> (common::Proc, common::Server) {
@@ -149,9 +152,18 @@ async fn the_load_client_gets_capture_times_and_sane_latencies() {
         local_ip: "127.0.0.1".parse().unwrap(),
         token: None,
         path: "cam".into(),
+        codecs: vec![Codec::H264],
+        // The camera plays the demo clip: every NAL unit is checked.
+        verify: Some((
+            Codec::H264,
+            Arc::new(clip_nal_units(Codec::H264, &std::fs::read(common::demo_clip()).unwrap())),
+        )),
     };
     let report = streaming_server::load_client::run(options).await;
     assert_eq!(report.connected, 2, "{:?}", report.per_viewer.iter().map(|v| &v.error).collect::<Vec<_>>());
+    assert_eq!(report.clip_nal_units_mismatched, Some(0), "{:?}", report.per_viewer[0].clip_first_mismatch);
+    assert!(report.clip_nal_units_matched.unwrap() >= 150, "{:?}", report.clip_nal_units_matched);
+    assert!(report.clip_keyframes_matched.unwrap() >= 4, "{:?}", report.clip_keyframes_matched);
     for viewer in &report.per_viewer {
         // ~30 fps for 3 s minus the catch-up frames, which carry no capture time.
         assert!(viewer.latency_samples >= 30, "viewer {}: {} samples", viewer.viewer, viewer.latency_samples);

@@ -101,3 +101,100 @@ fn other_camera_profiles_against_the_canned_offers() {
     // Main (4d0028) fits Chrome's Main.
     assert_eq!(negotiate::choose(&fixture("chrome_156_linux_offer.sdp"), &sps(77, 0, 0x28)).unwrap().payload_type, 116);
 }
+
+/// Composite H.265 offers (tests/fixtures/README.md says how each was made):
+/// (fixture, the payload type an H.265 Main camera must be sent as).
+const H265_OFFERS: &[(&str, u8)] = &[("chrome_h265_composite_offer.sdp", 49), ("safari_h265_composite_offer.sdp", 104)];
+
+/// The camera's parameters for negotiation: the first SPS of an H.265 clip.
+fn h265_camera(clip: &[u8]) -> VideoInfo {
+    let codec = streaming_server::codec::Codec::H265;
+    let sps = streaming_server::codec::annexb::split_annexb(clip)
+        .into_iter()
+        .map(|r| &clip[r])
+        .find(|nal| codec.nal_type(nal) == 33)
+        .expect("an SPS in the clip");
+    VideoInfo::H265(streaming_server::codec::h265::parse_sps(sps).expect("the clip's SPS parses"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_offers_from_chrome_and_safari_get_answers_checked_field_by_field() {
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.h265");
+    let rig = Rig::start_clip("rtc_h265_offers", 8, &clip);
+    for (name, pt) in H265_OFFERS {
+        let session = rig.offer(&fixture(name)).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let answer = &session.answer_sdp;
+        let parsed = negotiate::parse_sdp(answer).unwrap_or_else(|e| panic!("{name}: {e}\n{answer}"));
+        let videos: Vec<_> = parsed
+            .media_descriptions
+            .iter()
+            .filter(|m| m.media_name.media == "video" && m.media_name.port.value != 0)
+            .collect();
+        assert_eq!(videos.len(), 1, "{name}: one active video section\n{answer}");
+        let video = videos[0];
+        assert_eq!(video.media_name.formats, vec![pt.to_string()], "{name}: exactly the chosen PT");
+        let codecs = video.codecs();
+        let codec = &codecs[pt];
+        assert_eq!((codec.name.as_str(), codec.clock_rate), ("H265", 90_000), "{name}");
+        // The demo camera is Main, tier Main, level 3.1: its own values,
+        // on the payload type offered for Main (profile-id=1, or Safari's
+        // empty fmtp, which RFC 7798 reads as Main at level 3.1).
+        assert_eq!(codec.fmtp, "level-id=93;profile-id=1;tier-flag=0;tx-mode=SRST", "{name}");
+        for feedback in ["nack", "nack pli", "ccm fir"] {
+            assert!(codec.rtcp_feedback.iter().any(|f| f == feedback), "{name}: {feedback}: {:?}", codec.rtcp_feedback);
+        }
+        assert!(video.has_attribute("sendonly"), "{name}: direction");
+        for media in parsed.media_descriptions.iter().filter(|m| m.media_name.media == "audio") {
+            assert_eq!(media.media_name.port.value, 0, "{name}: audio rejected");
+        }
+        assert!(answer.contains("a=candidate:") && answer.contains("127.0.0.1"), "{name}: our host candidate");
+        assert!(rig.viewers.close(&session.id));
+    }
+    // An H.264-only offer names both sides.
+    match rig.offer(&fixture("chrome_156_linux_offer.sdp")).await {
+        Err(streaming_server::webrtc::OfferError::NoCompatibleCodec(why)) => assert!(
+            why.contains("the offer has no H.265 (it offers VP8, VP9, H264, AV1)")
+                && why.contains("the camera sends H.265 Main, tier Main, level 3.1"),
+            "{why}"
+        ),
+        other => panic!("expected NoCompatibleCodec, got {other:?}"),
+    }
+    assert_eq!(rig.viewers.count(), 0);
+}
+
+#[test]
+fn a_1080p_h265_camera_against_the_h265_offers() {
+    let Some(clip) =
+        std::fs::read(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("camera-1080p.h265")).ok().or_else(|| {
+            // Made by the H.265 end-to-end tests; here from the script directly.
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("offers-1080p.h265");
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-1080p-clip-h265.sh");
+            let made = std::process::Command::new(script).arg(&out).arg("24").status().ok()?.success();
+            made.then(|| std::fs::read(&out).ok()).flatten()
+        })
+    else {
+        eprintln!("skipping: no ffmpeg with libx265 for the 1080p clip");
+        return;
+    };
+    // Main, tier Main, level 4 (level-id=120).
+    let camera = h265_camera(&clip);
+    // Chrome offers level 6 (180): the answer says the stream's level 4.
+    let chrome = negotiate::choose(&fixture("chrome_h265_composite_offer.sdp"), &camera).unwrap();
+    assert_eq!(
+        (chrome.payload_type, chrome.answer_fmtp.as_str()),
+        (49, "level-id=120;profile-id=1;tier-flag=0;tx-mode=SRST")
+    );
+    assert_eq!(chrome.offered_fmtp, "level-id=180;profile-id=1;tier-flag=0;tx-mode=SRST");
+    // Safari's empty fmtp means level 3.1: the answer cannot claim more
+    // than the offer (the stream is still sent; the server logs it).
+    let safari = negotiate::choose(&fixture("safari_h265_composite_offer.sdp"), &camera).unwrap();
+    assert_eq!(
+        (safari.payload_type, safari.answer_fmtp.as_str()),
+        (104, "level-id=93;profile-id=1;tier-flag=0;tx-mode=SRST")
+    );
+    // Neither H.265 offer lets a Firefox-like H.264-only offer through.
+    assert!(matches!(
+        negotiate::choose(&fixture("firefox_99_offer.sdp"), &camera),
+        Err(NegotiationError::NoCompatibleCodec(_))
+    ));
+}

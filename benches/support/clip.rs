@@ -34,3 +34,35 @@ pub fn clip_path(benching: bool) -> Result<PathBuf, String> {
     }
     Ok(path)
 }
+
+/// The H.265 twin of [`clip_path`]: `BENCH_CLIP_H265`, the demo clip under
+/// `cargo test`, else the same 1080p30 picture at ~6 Mbit/s in H.265 Main
+/// (IRAP every second, no B-frames), made once with ffmpeg in target/bench/.
+pub fn clip_path_h265(benching: bool) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("BENCH_CLIP_H265") {
+        return Ok(PathBuf::from(path));
+    }
+    if !benching {
+        return Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo.h265"));
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let path = dir.join("clip_1080p30_6mbps.h265");
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    eprintln!("generating {} with ffmpeg (once)...", path.display());
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=10"])
+        .args(["-c:v", "libx265", "-profile:v", "main", "-preset", "veryfast", "-tune", "zerolatency"])
+        .args(["-b:v", "6M", "-maxrate", "6M", "-bufsize", "2M", "-pix_fmt", "yuv420p"])
+        .args(["-x265-params", "log-level=error:keyint=30:min-keyint=30:scenecut=0:open-gop=0:bframes=0:aud=1"])
+        .args(["-f", "hevc"])
+        .arg(&path)
+        .status()
+        .map_err(|e| format!("ffmpeg not runnable ({e}); set BENCH_CLIP_H265 to an Annex-B .h265 file"))?;
+    if !status.success() {
+        return Err(format!("ffmpeg failed: {status}"));
+    }
+    Ok(path)
+}

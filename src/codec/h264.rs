@@ -241,11 +241,29 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
 /// Why the processor refused a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessError {
-    NoNalUnits { frame_number: u64 },
-    TooManyNalUnits { frame_number: u64, count: usize },
-    ForbiddenBit { frame_number: u64, nal_type: u8 },
-    BadSps { frame_number: u64, error: SpsError },
-    IdrWithoutParameterSets { frame_number: u64 },
+    NoNalUnits {
+        frame_number: u64,
+    },
+    TooManyNalUnits {
+        frame_number: u64,
+        count: usize,
+    },
+    ForbiddenBit {
+        frame_number: u64,
+        nal_type: u8,
+    },
+    BadSps {
+        frame_number: u64,
+        error: SpsError,
+    },
+    IdrWithoutParameterSets {
+        frame_number: u64,
+    },
+    /// No SPS yet, and the frame is H.265 by every NAL unit header (a
+    /// daemon writing H.265 into ring format 3, or `codec:` left unset).
+    LooksLikeH265 {
+        frame_number: u64,
+    },
 }
 
 impl ProcessError {
@@ -257,6 +275,7 @@ impl ProcessError {
             ProcessError::ForbiddenBit { .. } => "forbidden_bit",
             ProcessError::BadSps { .. } => "bad_sps",
             ProcessError::IdrWithoutParameterSets { .. } => "idr_without_sps_pps",
+            ProcessError::LooksLikeH265 { .. } => "looks_like_h265",
         }
     }
 }
@@ -277,6 +296,11 @@ impl fmt::Display for ProcessError {
             ProcessError::IdrWithoutParameterSets { frame_number } => {
                 write!(f, "frame {frame_number}: IDR without SPS/PPS and none cached yet")
             }
+            ProcessError::LooksLikeH265 { frame_number } => write!(
+                f,
+                "frame {frame_number} is H.265, not H.264: set `codec: h265` for this path \
+                 (a daemon writing ring format 4 says so itself)"
+            ),
         }
     }
 }
@@ -324,6 +348,9 @@ impl Processor {
         }
         if ranges.len() > MAX_NAL_UNITS {
             return Err(ProcessError::TooManyNalUnits { frame_number, count: ranges.len() });
+        }
+        if self.parameter_sets.is_none() && looks_like_h265(&frame.data, &ranges) {
+            return Err(ProcessError::LooksLikeH265 { frame_number });
         }
         let mut nals = Vec::with_capacity(ranges.len());
         let (mut has_sps, mut has_pps, mut is_idr) = (false, false, false);
@@ -414,6 +441,19 @@ impl Processor {
     }
 }
 
+/// An H.264 access unit has a slice (type 1 or 5). H.265 NAL unit headers
+/// are two bytes, layer 0 and a non-zero temporal id plus one (`0x01` for
+/// the base layer); read as H.264 their types are 0, 2, 4, 6, 8, ... A
+/// frame with no H.264 slice whose every NAL unit has such a header and
+/// that has an H.265 slice (type below 32) is H.265.
+fn looks_like_h265(data: &[u8], ranges: &[Range<usize>]) -> bool {
+    let nals = || ranges.iter().map(|r| &data[r.clone()]);
+    let h265_header = |nal: &[u8]| nal.len() >= 2 && nal[0] & 0x81 == 0 && nal[1] >> 3 == 0 && nal[1] & 7 != 0;
+    !nals().any(|nal| matches!(nal_unit_type(nal), nal_type::SLICE | nal_type::IDR))
+        && nals().all(h265_header)
+        && nals().any(|nal| super::h265::nal_unit_type(nal) < 32)
+}
+
 /// Groups a raw Annex-B elementary stream (a `.h264` file) into access
 /// units, for the fake camera: a new access unit starts at an AUD, SPS,
 /// PPS or SEI after a slice, or at a slice whose `first_mb_in_slice` is 0.
@@ -467,6 +507,21 @@ mod tests {
             camera_id: 0,
             width: 0,
             height: 0,
+        }
+    }
+
+    #[test]
+    fn h265_frames_are_named_as_such_until_an_sps_arrives() {
+        let hevc = include_bytes!("../../assets/demo.h265");
+        let avc = include_bytes!("../../assets/demo.h264");
+        let mut processor = Processor::new();
+        for (n, au) in crate::codec::Codec::H265.split_access_units(hevc).into_iter().take(40).enumerate() {
+            let error = processor.process(raw(&hevc[au], n as u64)).unwrap_err();
+            assert_eq!(error.label(), "looks_like_h265", "{error}");
+            assert!(error.to_string().contains("codec: h265"), "{error}");
+        }
+        for (n, au) in split_access_units(avc).into_iter().take(40).enumerate() {
+            assert!(processor.process(raw(&avc[au], n as u64)).is_ok(), "H.264 frame {n}");
         }
     }
 

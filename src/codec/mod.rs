@@ -20,19 +20,31 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-/// The video codecs a camera may send (never transcoded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The video codecs a camera may send (never transcoded). H.264 where
+/// nothing says otherwise (the ring's older formats, `codec:` unset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Codec {
+    #[default]
     H264,
     H265,
 }
 
 impl Codec {
+    pub const ALL: [Codec; 2] = [Codec::H264, Codec::H265];
+
     /// `H.264` or `H.265`.
     pub fn name(self) -> &'static str {
         match self {
             Codec::H264 => "H.264",
             Codec::H265 => "H.265",
+        }
+    }
+
+    /// The encoding name of SDP's `a=rtpmap` (RFC 6184, RFC 7798).
+    pub fn encoding_name(self) -> &'static str {
+        match self {
+            Codec::H264 => "H264",
+            Codec::H265 => "H265",
         }
     }
 
@@ -49,6 +61,31 @@ impl Codec {
         match self {
             Codec::H264 => h264::nal_unit_type(nal),
             Codec::H265 => h265::nal_unit_type(nal),
+        }
+    }
+
+    /// Whether a NAL unit is a keyframe's slice: IDR (H.264), IRAP (H.265).
+    pub fn is_keyframe_nal(self, nal: &[u8]) -> bool {
+        match self {
+            Codec::H264 => !nal.is_empty() && h264::nal_unit_type(nal) == h264::nal_type::IDR,
+            Codec::H265 => nal.len() >= 2 && h265::is_irap(h265::nal_unit_type(nal)),
+        }
+    }
+
+    /// Whether a NAL unit is a parameter set: SPS, PPS (H.264), VPS, SPS,
+    /// PPS (H.265).
+    pub fn is_parameter_set(self, nal: &[u8]) -> bool {
+        match self {
+            Codec::H264 => {
+                !nal.is_empty() && matches!(h264::nal_unit_type(nal), h264::nal_type::SPS | h264::nal_type::PPS)
+            }
+            Codec::H265 => {
+                nal.len() >= 2
+                    && matches!(
+                        h265::nal_unit_type(nal),
+                        h265::nal_type::VPS | h265::nal_type::SPS | h265::nal_type::PPS
+                    )
+            }
         }
     }
 

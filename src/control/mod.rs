@@ -353,7 +353,7 @@ impl Control {
         Ok(slot)
     }
 
-    async fn offer(&self, path: &Path, request: &Request) -> Reply {
+    async fn offer(&self, path: &Arc<Path>, request: &Request) -> Reply {
         let offer: OfferBody = match serde_json::from_slice(&request.body) {
             Ok(offer) => offer,
             Err(e) => return Reply::error(400, format!("malformed offer JSON: {e}")),
@@ -368,16 +368,58 @@ impl Control {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
-        match path.viewers.offer(&offer.sdp, request.head.peer.ip()).await {
-            Ok(session) => {
-                log::info!("{}: viewer {}: answered an offer from {}", path.name(), session.id, request.head.peer.ip());
-                Reply::json(200, &json!({"type": "answer", "sdp": session.answer_sdp}))
+        match self.negotiate(path, &offer.sdp, request).await {
+            Ok((served, session)) => {
+                let mut answer = json!({"type": "answer", "sdp": session.answer_sdp});
+                if served.name() != path.name() {
+                    answer["fallback"] = json!(served.name());
+                }
+                Reply::json(200, &answer)
             }
-            Err(error) => offer_error(&error),
+            Err(reply) => reply,
         }
     }
 
-    async fn whep(&self, path: &Path, request: &Request) -> Reply {
+    /// Answers an offer with `path`'s stream or, when the offer cannot
+    /// receive its codec (a browser without H.265), with its configured
+    /// `fallback` path's: the returned path is the one that serves.
+    async fn negotiate(
+        &self,
+        path: &Arc<Path>,
+        sdp: &str,
+        request: &Request,
+    ) -> Result<(Arc<Path>, webrtc::Session), Reply> {
+        let client = request.head.peer.ip();
+        let error = match path.viewers.offer(sdp, client).await {
+            Ok(session) => {
+                log::info!("{}: viewer {}: answered an offer from {client}", path.name(), session.id);
+                return Ok((path.clone(), session));
+            }
+            Err(error) => error,
+        };
+        let OfferError::NoCompatibleCodec(why) = &error else {
+            return Err(offer_error(&error));
+        };
+        let fallback = path.config.fallback.as_deref().and_then(|name| self.paths.get(name));
+        let Some(fallback) = fallback else {
+            return Err(no_codec_reply(path, &error));
+        };
+        match fallback.viewers.offer(sdp, client).await {
+            Ok(session) => {
+                log::info!(
+                    "{}: viewer {}: answered an offer from {client} with fallback path {} ({why})",
+                    path.name(),
+                    session.id,
+                    fallback.name()
+                );
+                Ok((fallback.clone(), session))
+            }
+            Err(OfferError::NoCompatibleCodec(_)) => Err(no_codec_reply(path, &error)),
+            Err(other) => Err(offer_error(&other)),
+        }
+    }
+
+    async fn whep(&self, path: &Arc<Path>, request: &Request) -> Reply {
         let content_type = request.head.header("Content-Type").unwrap_or("");
         if !content_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
             return Reply::error(415, "WHEP offers must be Content-Type: application/sdp");
@@ -392,21 +434,25 @@ impl Control {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
-        match path.viewers.offer(sdp, request.head.peer.ip()).await {
-            Ok(session) => {
-                log::info!(
-                    "{}: viewer {}: answered a WHEP offer from {}",
-                    path.name(),
-                    session.id,
-                    request.head.peer.ip()
-                );
+        match self.negotiate(path, sdp, request).await {
+            Ok((served, session)) => {
+                // The session belongs to the path that serves it (the
+                // fallback's when one was used).
                 let location = match request.head.path.strip_suffix("/whep") {
-                    Some(prefix) if !prefix.is_empty() => format!("{prefix}/whep/{}", session.id),
+                    Some(prefix) if !prefix.is_empty() && served.name() == path.name() => {
+                        format!("{prefix}/whep/{}", session.id)
+                    }
+                    Some(prefix) if !prefix.is_empty() => format!("/{}/whep/{}", served.name(), session.id),
                     _ => format!("/whep/{}", session.id),
                 };
-                Reply::new(201, "application/sdp", session.answer_sdp).header("Location", location)
+                let reply = Reply::new(201, "application/sdp", session.answer_sdp).header("Location", location);
+                if served.name() != path.name() {
+                    reply.header("X-Fallback-Path", served.name().to_string())
+                } else {
+                    reply
+                }
             }
-            Err(error) => offer_error(&error),
+            Err(reply) => reply,
         }
     }
 
@@ -463,6 +509,13 @@ fn offer_error(error: &OfferError) -> Reply {
             Reply::error(500, error)
         }
     }
+}
+
+/// 400 for an offer that cannot receive the camera's codec, naming it so
+/// a page can say so in words.
+fn no_codec_reply(path: &Path, error: &OfferError) -> Reply {
+    let camera_codec = path.stream.hub.parameter_sets().map(|ps| ps.codec().name());
+    Reply::json(400, &json!({"success": false, "error": error.to_string(), "camera_codec": camera_codec}))
 }
 
 fn recording_reply(result: Result<crate::recorder::RecordingStatus, RecorderError>) -> Reply {

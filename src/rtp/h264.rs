@@ -9,6 +9,12 @@ use crate::codec::h264::nal_type;
 const STAP_A: u8 = 24;
 const FU_A: u8 = 28;
 
+/// Whether a NAL unit goes out over RTP: not empty, not an access unit
+/// delimiter or filler data.
+pub fn is_sent(nal: &[u8]) -> bool {
+    nal.first().is_some_and(|header| !matches!(header & 0x1f, nal_type::AUD | nal_type::FILLER))
+}
+
 /// Packetizes a sequence of NAL units (no start codes) into RTP payloads of
 /// at most `max_payload` bytes.
 pub fn packetize_nals(nals: impl IntoIterator<Item = Bytes>, max_payload: usize) -> Vec<Bytes> {
@@ -18,8 +24,7 @@ pub fn packetize_nals(nals: impl IntoIterator<Item = Bytes>, max_payload: usize)
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_size = 1; // the STAP-A header byte
     for nal in nals {
-        let Some(&header) = nal.first() else { continue };
-        if matches!(header & 0x1f, nal_type::AUD | nal_type::FILLER) {
+        if !is_sent(&nal) {
             continue;
         }
         let aggregated = 2 + nal.len();

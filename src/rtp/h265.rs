@@ -38,6 +38,16 @@ const FU_OVERHEAD: usize = 3;
 /// Payload header of an aggregation packet.
 const AP_HEADER: usize = 2;
 
+/// Whether a NAL unit goes out over RTP: a whole 2-byte header, not an
+/// access unit delimiter or filler data, and not a type RFC 7798 uses for
+/// its own packets (48 and up).
+pub fn is_sent(nal: &[u8]) -> bool {
+    nal.len() >= 2 && {
+        let kind = nal_unit_type(nal);
+        !matches!(kind, nal_type::AUD | nal_type::FD) && kind < nal_type::AP
+    }
+}
+
 /// Packetizes a sequence of NAL units (no start codes) into RTP payloads of
 /// at most `max_payload` bytes (at least 16 is used).
 pub fn packetize_nals(nals: impl IntoIterator<Item = Bytes>, max_payload: usize) -> Vec<Bytes> {
@@ -47,11 +57,7 @@ pub fn packetize_nals(nals: impl IntoIterator<Item = Bytes>, max_payload: usize)
     let mut pending: Vec<Bytes> = Vec::new();
     let mut pending_size = AP_HEADER;
     for nal in nals {
-        if nal.len() < 2 {
-            continue;
-        }
-        let kind = nal_unit_type(&nal);
-        if matches!(kind, nal_type::AUD | nal_type::FD) || kind >= nal_type::AP {
+        if !is_sent(&nal) {
             continue;
         }
         // An aggregation unit is a 16-bit size and the NAL unit.

@@ -54,6 +54,14 @@ pub struct PacketizedAu {
     pub bytes: usize,
 }
 
+/// Whether a NAL unit of `codec` goes out over RTP (see the module docs).
+pub fn is_sent(codec: Codec, nal: &[u8]) -> bool {
+    match codec {
+        Codec::H264 => h264::is_sent(nal),
+        Codec::H265 => h265::is_sent(nal),
+    }
+}
+
 /// 90 kHz RTP clock from a CLOCK_MONOTONIC capture time.
 pub fn rtp_time_90k(capture: Duration) -> u32 {
     // u128: no overflow for any Duration; truncation to u32 is RTP's wrap.

@@ -41,11 +41,18 @@ pub struct Feed {
     stream: Stream,
     processor: Processor,
     error_log: RateLimiter,
+    /// The codec `streaming_path_codec_info` shows.
+    codec_shown: Option<Codec>,
 }
 
 impl Feed {
     pub fn new(stream: Stream) -> Feed {
-        Feed { stream, processor: Processor::new(Codec::H264), error_log: RateLimiter::new(Duration::from_secs(5)) }
+        Feed {
+            stream,
+            processor: Processor::new(Codec::H264),
+            error_log: RateLimiter::new(Duration::from_secs(5)),
+            codec_shown: None,
+        }
     }
 
     /// One frame: processed and published, or refused (counted) with a gap.
@@ -67,6 +74,10 @@ impl Feed {
         match self.processor.process(frame) {
             Ok(au) => {
                 metrics.frames_processed.inc();
+                if self.codec_shown != Some(au.codec) {
+                    metrics.set_codec(au.codec);
+                    self.codec_shown = Some(au.codec);
+                }
                 let capture = au.capture_time;
                 self.stream.hub.publish(Arc::new(au));
                 metrics.frame_latency_ms.observe(millis_between(capture, monotonic_now()));

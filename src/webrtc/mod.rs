@@ -201,7 +201,8 @@ pub struct Session {
 pub enum OfferError {
     /// 400: not parseable SDP, or not an offer.
     BadSdp(String),
-    /// 400: no H.264 the camera's stream can be sent as (message says why).
+    /// 400: the offer receives no format the camera's codec (H.264 or
+    /// H.265, never transcoded) can be sent as; the message says why.
     NoCompatibleCodec(String),
     /// 503 with Retry-After: `max_clients` viewers already.
     TooManyViewers,
@@ -218,7 +219,7 @@ impl fmt::Display for OfferError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OfferError::BadSdp(why) => write!(f, "bad SDP offer: {why}"),
-            OfferError::NoCompatibleCodec(why) => write!(f, "no compatible H.264 in the offer: {why}"),
+            OfferError::NoCompatibleCodec(why) => write!(f, "no compatible video codec in the offer: {why}"),
             OfferError::TooManyViewers => write!(f, "too many viewers"),
             OfferError::TooManyPending => write!(f, "too many offers from this address waiting to connect"),
             OfferError::NoStreamYet => write!(f, "the camera stream has not started yet"),

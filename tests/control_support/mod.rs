@@ -141,9 +141,18 @@ pub fn have_tool(tool: &str) -> bool {
 }
 
 /// `ffmpeg -v error` decoding the whole file: no output means no errors.
+/// ffmpeg's demuxer for a raw elementary stream, by its extension.
+fn raw_format(path: &Path) -> &'static str {
+    if path.extension().is_some_and(|e| e == "h265") {
+        "hevc"
+    } else {
+        "h264"
+    }
+}
+
 pub fn ffmpeg_errors(path: &Path) -> String {
     let out = std::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-f", "h264", "-i"])
+        .args(["-nostdin", "-v", "error", "-f", raw_format(path), "-i"])
         .arg(path)
         .args(["-f", "null", "-"])
         .output()
@@ -155,7 +164,8 @@ pub fn ffmpeg_errors(path: &Path) -> String {
 /// Frames ffprobe counts, and whether the first one is a keyframe.
 pub fn ffprobe_frames(path: &Path) -> (u64, bool) {
     let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-f", "h264", "-select_streams", "v:0", "-show_entries", "frame=key_frame,pict_type"])
+        .args(["-v", "error", "-f", raw_format(path), "-select_streams", "v:0"])
+        .args(["-show_entries", "frame=key_frame,pict_type"])
         .args(["-of", "csv=p=0"])
         .arg(path)
         .output()
@@ -275,19 +285,45 @@ pub fn assert_idr_after_every_gap(recording: &[u8], clip: &[u8]) -> (u64, u64) {
 /// looped `clip`, starting at one of its IDRs. Returns the number of
 /// access units.
 pub fn assert_nal_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
-    use streaming_server::codec::h264::{nal_type, nal_unit_type, split_access_units, split_annexb};
+    nal_run_of_clip(streaming_server::codec::Codec::H264, recording, clip, true)
+}
+
+/// [`assert_nal_run_of_clip`] for a clip of `codec` that may carry its
+/// parameter sets only once: the recorder puts them in front of the first
+/// keyframe (and the source may repeat them at every keyframe), so
+/// parameter sets are compared apart: each in the recording must be one of
+/// the clip's, the first access unit must have them, and every other NAL
+/// unit must be the clip's, in order.
+pub fn assert_nal_run_of_clip_in(codec: streaming_server::codec::Codec, recording: &[u8], clip: &[u8]) -> u64 {
+    nal_run_of_clip(codec, recording, clip, false)
+}
+
+fn nal_run_of_clip(codec: streaming_server::codec::Codec, recording: &[u8], clip: &[u8], exact: bool) -> u64 {
+    use streaming_server::codec::annexb::split_annexb;
     let nals = |au: &[u8]| -> Vec<Vec<u8>> { split_annexb(au).into_iter().map(|r| au[r].to_vec()).collect() };
-    let units: Vec<Vec<Vec<u8>>> = split_access_units(clip).into_iter().map(|r| nals(&clip[r])).collect();
-    let got: Vec<Vec<Vec<u8>>> = split_access_units(recording).into_iter().map(|r| nals(&recording[r])).collect();
+    let units: Vec<Vec<Vec<u8>>> = codec.split_access_units(clip).into_iter().map(|r| nals(&clip[r])).collect();
+    let got: Vec<Vec<Vec<u8>>> = codec.split_access_units(recording).into_iter().map(|r| nals(&recording[r])).collect();
     assert!(!units.is_empty() && !got.is_empty());
-    let is_idr = |au: &[Vec<u8>]| au.iter().any(|n| nal_unit_type(n) == nal_type::IDR);
+    let parameter_sets: Vec<&Vec<u8>> = units.iter().flatten().filter(|n| codec.is_parameter_set(n)).collect();
+    let without = |au: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        au.iter().filter(|n| exact || !codec.is_parameter_set(n)).cloned().collect()
+    };
+    for (count, au) in got.iter().enumerate() {
+        for nal in au.iter().filter(|n| codec.is_parameter_set(n)) {
+            assert!(parameter_sets.contains(&nal), "access unit {count} has a parameter set the clip does not");
+        }
+    }
+    if !parameter_sets.is_empty() {
+        assert!(got[0].iter().any(|n| codec.is_parameter_set(n)), "the recording starts without parameter sets");
+    }
+    let is_idr = |au: &[Vec<u8>]| au.iter().any(|n| codec.is_keyframe_nal(n));
     let start = (0..units.len())
-        .find(|&i| is_idr(&units[i]) && units[i] == got[0])
+        .find(|&i| is_idr(&units[i]) && without(&units[i]) == without(&got[0]))
         .unwrap_or_else(|| panic!("the recording does not start with an IDR access unit of the clip"));
     for (count, au) in got.iter().enumerate() {
         let want = &units[(start + count) % units.len()];
         assert!(
-            au == want,
+            without(au) == without(want),
             "access unit {count} of the recording differs from clip AU {} (skipped or repeated frame?)",
             (start + count) % units.len()
         );

@@ -20,21 +20,32 @@ pub fn demo_clip() -> Bytes {
 
 static CLIP_LOCK: Mutex<()> = Mutex::new(());
 
-/// The 1080p clip with large IRAPs, generated on first use into the test
-/// target directory (scripts/make-1080p-clip-h265.sh). None, with a note,
-/// where ffmpeg is not installed.
+/// The 1080p clip with large IRAPs (0.5-0.8 MB), generated on first use
+/// into the test target directory (scripts/make-1080p-clip-h265.sh). None,
+/// with a note, where ffmpeg is not installed.
 pub fn clip_1080p() -> Option<Bytes> {
+    let path = generated_1080p("big-1080p.h265", "16")?;
+    Some(Bytes::from(std::fs::read(&path).expect("1080p clip")))
+}
+
+/// A camera-like 1080p30 clip (~10 Mbit/s, IRAPs of 110-270 KB), generated
+/// like [`clip_1080p`]; its path.
+pub fn camera_clip_1080p() -> Option<PathBuf> {
+    generated_1080p("camera-1080p.h265", "24")
+}
+
+fn generated_1080p(name: &str, crf: &str) -> Option<PathBuf> {
     let _guard = CLIP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("big-1080p.h265");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     if !path.exists() {
         if let Err(e) = Command::new("ffmpeg").arg("-version").output() {
             eprintln!("skipping: no ffmpeg ({e}); scripts/make-1080p-clip-h265.sh needs ffmpeg with libx265");
             return None;
         }
-        let status = Command::new(crate_dir().join("scripts/make-1080p-clip-h265.sh")).arg(&path).status();
+        let status = Command::new(crate_dir().join("scripts/make-1080p-clip-h265.sh")).arg(&path).arg(crf).status();
         assert!(status.as_ref().is_ok_and(|s| s.success()), "make-1080p-clip-h265.sh failed: {status:?}");
     }
-    Some(Bytes::from(std::fs::read(&path).expect("1080p clip")))
+    Some(path)
 }
 
 pub fn raw(data: Bytes, n: u64) -> RawFrame {

@@ -450,7 +450,7 @@ fn push_line(out: &mut String, line: &str) {
 
 /// Checks an answer is well formed for `choice`: it parses, its active video
 /// section's `m=` line carries exactly the chosen payload type with an
-/// `rtpmap` of H264/90000, and every `m=` line has a port, a protocol and at
+/// `rtpmap` of the chosen codec at 90000, and every `m=` line has a port, a protocol and at
 /// least one format.
 pub fn check_answer(answer: &str, choice: &Choice) -> Result<(), String> {
     let parsed = parse_sdp(answer)?;
@@ -468,7 +468,7 @@ pub fn check_answer(answer: &str, choice: &Choice) -> Result<(), String> {
         }
         let codecs = media.codecs();
         let codec = codecs.get(&choice.payload_type).ok_or("no rtpmap for the chosen payload type")?;
-        if !codec.name.eq_ignore_ascii_case("H264") || codec.clock_rate != 90_000 {
+        if !codec.name.eq_ignore_ascii_case(choice.codec.encoding_name()) || codec.clock_rate != 90_000 {
             return Err(format!("payload type {} is {}/{}", choice.payload_type, codec.name, codec.clock_rate));
         }
         if codec.fmtp != choice.answer_fmtp {
