@@ -23,7 +23,10 @@
 //!   fly.
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
-//! - [`recorder`]: raw `.h264` files on their own thread.
+//! - [`recorder`]: raw `.h264`/`.h265` files on their own thread, with
+//!   [`recording_times`] sidecars (every frame's capture time).
+//! - [`recordings`]: the files on disk as the `/recordings` routes serve
+//!   them (listing, safe opening, MP4 layouts, deletion).
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
 //! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
@@ -48,6 +51,8 @@ pub mod paths;
 pub mod profiling;
 pub mod ratelimit;
 pub mod recorder;
+pub mod recording_times;
+pub mod recordings;
 pub mod rtp;
 pub mod shutdown;
 pub mod source;
