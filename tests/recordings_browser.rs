@@ -4,7 +4,9 @@
 //! and a 60 s 1080p file without a capture-time sidecar (an older
 //! recording). The MP4 the server makes on the fly plays (currentTime
 //! advances), seeks (the seek lands and playback goes on), and arrives by
-//! Range requests answered 206, from the middle of the large file.
+//! Range requests answered 206, from the middle of the large file. The
+//! same page also plays an fMP4 (`mp4::fmp4`: init segment and segments of
+//! parts, LL-HLS's form) through a MediaSource.
 
 mod common;
 mod control_support;
@@ -51,9 +53,32 @@ fn chromium_plays_and_seeks_recordings_in_the_recordings_page() {
     let id = format!("cam/{}", stopped.json()["status"]["filename"].as_str().unwrap());
     let old_id = format!("cam/{old}");
 
+    // LL-HLS's form too: init segment + 1 s segments of three 10-frame
+    // parts (mp4::fmp4) of the demo clip, appended to a MediaSource.
+    let fmp4 = dir.path().join("fmp4");
+    std::fs::create_dir_all(&fmp4).unwrap();
+    let (init, parts) = mp4_support::fmp4_of(&common::demo_clip(), streaming_server::codec::Codec::H264, 10);
+    std::fs::write(fmp4.join("init.mp4"), &init).unwrap();
+    for (i, segment) in parts.chunks(3).enumerate() {
+        std::fs::write(fmp4.join(format!("seg{i}.m4s")), segment.concat()).unwrap();
+    }
+    let data = std::fs::read(common::demo_clip()).unwrap();
+    let index = streaming_server::mp4::scan(
+        std::io::Cursor::new(&data),
+        &streaming_server::mp4::ScanOptions::new(streaming_server::codec::Codec::H264),
+    )
+    .unwrap();
+    let track = streaming_server::mp4::TrackConfig::from_parameter_sets(
+        streaming_server::codec::Codec::H264,
+        index.parameter_sets,
+    )
+    .unwrap();
+    std::fs::write(fmp4.join("codecs.txt"), track.codecs()).unwrap();
+
     let output = Command::new("node")
         .current_dir(&browser_dir)
         .env("STREAMING_TEST_CHROMIUM", &chromium)
+        .env("STREAMING_TEST_FMP4_DIR", &fmp4)
         .args(["recordings.mjs", &server.url("http", "/"), &id, "5", &old_id, "50"])
         .output()
         .expect("run node");
@@ -90,6 +115,16 @@ fn chromium_plays_and_seeks_recordings_in_the_recordings_page() {
             assert_eq!(request["status"], 206, "{play}");
         }
     }
+    // The fMP4: one contiguous buffered range of the clip's 6 s, plays, seeks.
+    let mse = &seen["mse"];
+    assert_eq!(mse["typeSupported"], true, "{mse}");
+    assert_eq!(mse["bufferedRanges"], 1, "one contiguous buffered range: {mse}");
+    assert!((mse["buffered"][1].as_f64().unwrap() - 6.0).abs() < 0.05, "{mse}");
+    assert!(mse["advanced"].as_f64().unwrap() > 0.3, "{mse}");
+    assert_eq!(mse["seeked"], true, "{mse}");
+    assert!((mse["afterSeek"].as_f64().unwrap() - 4.0).abs() < 0.1, "{mse}");
+    assert!(mse["framesDecoded"].as_f64().unwrap() > 30.0, "{mse}");
+    assert!(mse["error"].is_null(), "{mse}");
     // The 117 MB file was not fetched whole before the seek: one request
     // started past its middle.
     let starts: Vec<u64> = seen["plays"][1]["mediaRequests"]

@@ -4,10 +4,18 @@
 // and play on, and the media requests must be Range requests answered
 // with 206 (a seek far into a large file fetches from its middle).
 //
+// With STREAMING_TEST_FMP4_DIR set (init.mp4, seg0.m4s ... and codecs.txt
+// there: an fMP4 from streaming_server::mp4::fmp4, each segment its parts'
+// moof+mdat pairs concatenated), the page also appends them to a
+// MediaSource (served from that directory under /fmp4/ by the browser's
+// own routing) and plays and seeks that, as hls.js would.
+//
 // Usage: node recordings.mjs DASHBOARD_URL FILE_ID SEEK_SECONDS [FILE_ID SEEK_SECONDS ...]
 // Prints one JSON line with what it saw; exits non-zero on a failure to
 // run (the assertions are made by the Rust test that spawns this).
 import { launchChromium } from "./launch.mjs";
+import fs from "node:fs";
+import path from "node:path";
 
 const url = process.argv[2];
 const plays = [];
@@ -53,6 +61,48 @@ try {
     seen.pageError = await page.evaluate(() => window.recordingsPage.error);
     seen.mediaRequests = mediaRequests;
     result.plays.push(seen);
+  }
+  const fmp4 = process.env.STREAMING_TEST_FMP4_DIR;
+  if (fmp4) {
+    await page.route("**/fmp4/*", (route) =>
+      route.fulfill({ body: fs.readFileSync(path.join(fmp4, path.basename(new URL(route.request().url()).pathname))) }));
+    const segments = fs.readdirSync(fmp4).filter((f) => f.endsWith(".m4s")).length;
+    const codecs = fs.readFileSync(path.join(fmp4, "codecs.txt"), "utf8").trim();
+    result.mse = await page.evaluate(async ({ segments, codecs }) => {
+      const out = {};
+      const once = (target, name) => new Promise((r) => target.addEventListener(name, r, { once: true }));
+      const mime = `video/mp4; codecs="${codecs}"`;
+      out.typeSupported = MediaSource.isTypeSupported(mime);
+      const v = document.createElement("video");
+      v.muted = true;
+      document.body.append(v);
+      const ms = new MediaSource();
+      v.src = URL.createObjectURL(ms);
+      await once(ms, "sourceopen");
+      const sb = ms.addSourceBuffer(mime);
+      const append = (buf) => new Promise((resolve, reject) => {
+        sb.addEventListener("updateend", resolve, { once: true });
+        sb.addEventListener("error", () => reject(new Error("appendBuffer error")), { once: true });
+        sb.appendBuffer(buf);
+      });
+      const get = async (name) => (await fetch("/fmp4/" + name)).arrayBuffer();
+      await append(await get("init.mp4"));
+      for (let i = 0; i < segments; i++) await append(await get(`seg${i}.m4s`));
+      out.bufferedRanges = sb.buffered.length;
+      out.buffered = [sb.buffered.start(0), sb.buffered.end(sb.buffered.length - 1)];
+      ms.endOfStream();
+      await v.play();
+      const start = v.currentTime;
+      await new Promise((r) => setTimeout(r, 1500));
+      out.advanced = v.currentTime - start;
+      const seeked = once(v, "seeked");
+      v.currentTime = 4;
+      out.seeked = await Promise.race([seeked.then(() => true), new Promise((r) => setTimeout(() => r(false), 20000))]);
+      out.afterSeek = v.currentTime;
+      out.framesDecoded = v.getVideoPlaybackQuality().totalVideoFrames;
+      out.error = v.error ? String(v.error.code) : null;
+      return out;
+    }, { segments, codecs });
   }
 } finally {
   await context.close();
