@@ -58,6 +58,29 @@ pub struct Args {
     /// candidates always work).
     #[arg(long, default_value = "")]
     pub stun: String,
+    /// TURN server for viewers that cannot reach the board directly
+    /// (repeatable): turn:HOST[:PORT][?transport=udp|tcp] or turns:...; the
+    /// server allocates over UDP turn: URLs, browsers get all of them.
+    #[arg(long = "turn")]
+    pub turn: Vec<String>,
+    /// TURN long-term credentials: user name.
+    #[arg(long = "turn-user", default_value = "")]
+    pub turn_user: String,
+    /// TURN long-term credentials: password (visible in `ps`; prefer
+    /// -turn-pass-file).
+    #[arg(long = "turn-pass", default_value = "")]
+    pub turn_pass: String,
+    /// File whose first line is the TURN password.
+    #[arg(long = "turn-pass-file")]
+    pub turn_pass_file: Option<PathBuf>,
+    /// File whose first line is the secret shared with the TURN server
+    /// (coturn use-auth-secret): time-limited credentials instead of a
+    /// password.
+    #[arg(long = "turn-secret-file")]
+    pub turn_secret_file: Option<PathBuf>,
+    /// Lifetime of time-limited TURN credentials (e.g. 1h, 24h).
+    #[arg(long = "turn-ttl", default_value = "24h")]
+    pub turn_ttl: String,
     /// UDP ports WebRTC viewers may use, LOW-HIGH (e.g. 50000-50100) for a
     /// firewalled board; any free port when empty.
     #[arg(long = "udp-port-range", default_value = "")]

@@ -43,6 +43,7 @@ pub const RESERVED_NAMES: &[&str] = &[
     "debug",
     "assets",
     "index.m3u8",
+    "ice-servers",
 ];
 
 /// The path legacy routes and metrics mean (the Go server's one camera).
@@ -131,6 +132,8 @@ pub struct PathConfig {
     /// An H.264 path that viewers whose browsers cannot play this path's
     /// codec (H.265) are given instead, e.g. the camera's H.264 substream.
     pub fallback: Option<String>,
+    /// TURN servers for this path's viewers; `None`: the `-turn` flags'.
+    pub turn: Option<Vec<crate::turn::TurnServer>>,
 }
 
 /// A configuration error: where, and what.
@@ -192,6 +195,7 @@ impl FlagDefaults {
             record: self.record_for(LEGACY_PATH),
             max_clients: self.max_clients,
             fallback: None,
+            turn: None,
         }
     }
 
@@ -243,6 +247,54 @@ struct PathEntry {
     codec: Option<String>,
     #[serde(default)]
     fallback: Option<String>,
+    #[serde(default)]
+    turn: Option<Vec<TurnEntry>>,
+}
+
+/// One TURN server of a path: `url` and a `user`/`pass` or the server's
+/// shared `secret` (or `secretFile`), `ttl` for credentials made from it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TurnEntry {
+    url: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    pass: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+fn parse_turn(entries: &[TurnEntry]) -> Result<Vec<crate::turn::TurnServer>, String> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let fail = |e: String| format!("turn[{i}]: {e}");
+            let secret = match (&entry.secret, &entry.secret_file) {
+                (Some(_), Some(_)) => return Err(fail("secret and secretFile: give one".into())),
+                (Some(secret), None) => Some(secret.clone()),
+                (None, Some(file)) => Some(crate::turn::read_secret_file(file).map_err(fail)?),
+                (None, None) => None,
+            };
+            let ttl = match &entry.ttl {
+                Some(text) => crate::recorder::parse_duration(text).map_err(|e| fail(format!("ttl: {e}")))?,
+                None => None,
+            };
+            crate::turn::TurnServer::from_parts(
+                &entry.url,
+                entry.user.as_deref(),
+                entry.pass.as_deref(),
+                secret.as_deref(),
+                ttl,
+            )
+            .map_err(fail)
+        })
+        .collect()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +429,7 @@ pub fn parse(text: &str, flags: &FlagDefaults) -> Result<Vec<PathConfig>, ParseE
             record,
             max_clients: entry.max_clients.unwrap_or(flags.max_clients),
             fallback: entry.fallback.clone(),
+            turn: entry.turn.as_deref().map(parse_turn).transpose().map_err(&fail)?,
         });
     }
     // A fallback names another path that exists.
@@ -555,6 +608,14 @@ paths:
             ("paths:\n  cam:\n    source: shm:/a\n    codec: vp8\n", 2, "h264 or h265"),
             ("paths:\n  cam:\n    source: rtsp://c/x\n    codec: h265\n", 2, "SDP says its codec"),
             ("paths:\n  cam:\n    source: demo\n    fallback: nope\n", 2, "not a path"),
+            ("paths:\n  cam:\n    source: demo\n    turn:\n      - url: turn:t\n", 2, "turn[0]: turn:t:3478?transport=udp: no credentials"),
+            (
+                "paths:\n  cam:\n    source: demo\n    turn:\n      - url: turn:t\n        user: u\n        pass: p\n        secret: s\n",
+                2,
+                "not both",
+            ),
+            ("paths:\n  cam:\n    source: demo\n    turn:\n      - url: stun:t\n        secret: s\n", 2, "turn: or turns:"),
+            ("paths:\n  cam:\n    source: demo\n    turn:\n      - url: turn:t\n        pass: p\n", 2, "needs a user"),
             ("paths:\n  cam: [\n", 2, "invalid type"),
         ];
         for (text, line, needle) in cases {

@@ -23,6 +23,7 @@
 //! - [`recorder`]: raw `.h264` files on their own thread.
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
+//! - [`turn`]: TURN servers, their credentials and a probe of each.
 //! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
 //! - [`systemd`]: sd_notify readiness and a watchdog fed by the media threads.
 //! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`]:
@@ -50,4 +51,5 @@ pub mod source;
 pub mod stream;
 pub mod systemd;
 pub mod tasks;
+pub mod turn;
 pub mod webrtc;

@@ -15,6 +15,7 @@ use streaming_server::recorder;
 use streaming_server::shutdown::{self, Trigger};
 use streaming_server::systemd;
 use streaming_server::tasks::TaskSet;
+use streaming_server::turn::{self, TurnMonitor, TurnServer};
 use streaming_server::webrtc::{self, WebrtcConfig};
 use streaming_server::{config, control, health::Health, load_client, profiling};
 
@@ -176,11 +177,19 @@ fn serve(args: &Args) -> Result<(), String> {
     webrtc_config.stun = webrtc::parse_stun(&args.stun);
     webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
     webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
+    webrtc_config.turn = turn_flags(args)?;
+    // Every TURN server any path uses, probed in the background.
+    let turn = TurnMonitor::new(
+        webrtc_config.turn.iter().cloned().chain(configs.iter().flat_map(|c| c.turn.iter().flatten().cloned())),
+    );
     let paths = Arc::new(Paths::new(configs, &metrics, &webrtc_config, runtime.handle(), &shutdown)?);
-    let listeners = start_listeners(args, &metrics, &paths, &health, &shutdown, runtime.handle())?;
+    let listeners = start_listeners(args, &metrics, &paths, &health, &turn, &shutdown, runtime.handle())?;
 
     let sources = TaskSet::new();
     paths.start_sources(runtime.handle(), &sources, &shutdown);
+    if !turn.is_empty() {
+        sources.spawn(runtime.handle(), turn.clone().run(shutdown.clone()));
+    }
     // systemd Type=notify: a watchdog fed by the ring paths' media threads
     // (only when the unit sets WatchdogSec) and READY below.
     let notifier = systemd::Notifier::from_env();
@@ -204,6 +213,9 @@ fn serve(args: &Args) -> Result<(), String> {
         }
         for path in paths.iter() {
             health.tick(path.name(), path.stream.source.frames_read.load(Ordering::Relaxed));
+        }
+        for (url, up) in turn.up() {
+            metrics.turn_up.with_label_values(&[&url]).set(i64::from(up));
         }
         seconds += 1;
         if !seconds.is_multiple_of(5) {
@@ -275,6 +287,23 @@ fn serve(args: &Args) -> Result<(), String> {
     }
 }
 
+/// The `-turn` servers with the `-turn-*` credentials (the same for each).
+fn turn_flags(args: &Args) -> Result<Vec<TurnServer>, String> {
+    let pass = match &args.turn_pass_file {
+        Some(file) => Some(turn::read_secret_file(file)?),
+        None => Some(args.turn_pass.clone()).filter(|p| !p.is_empty()),
+    };
+    let secret = args.turn_secret_file.as_deref().map(turn::read_secret_file).transpose()?;
+    let ttl = recorder::parse_duration(&args.turn_ttl).map_err(|e| format!("-turn-ttl: {e}"))?;
+    args.turn
+        .iter()
+        .map(|url| {
+            TurnServer::from_parts(url, Some(&args.turn_user), pass.as_deref(), secret.as_deref(), ttl)
+                .map_err(|e| format!("-turn: {e}"))
+        })
+        .collect()
+}
+
 /// Binds `-http`, `-metrics` and `-pprof` (an empty address turns the last
 /// two off) and registers the process metrics. A bind error names the flag.
 fn start_listeners(
@@ -282,13 +311,19 @@ fn start_listeners(
     metrics: &Arc<Metrics>,
     paths: &Arc<Paths>,
     health: &Arc<Health>,
+    turn: &TurnMonitor,
     shutdown: &shutdown::Shutdown,
     runtime: &tokio::runtime::Handle,
 ) -> Result<Vec<streaming_server::http::Listener>, String> {
     let auth_token = args.auth_token_file.as_deref().map(control::load_token).transpose()?;
     let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
     let limits = streaming_server::http::Limits::with_timeout(timeout, control::MAX_CONNECTIONS);
-    let config = control::ControlConfig { cors_origins: control::parse_origins(&args.cors_origin), auth_token, limits };
+    let config = control::ControlConfig {
+        cors_origins: control::parse_origins(&args.cors_origin),
+        auth_token,
+        limits,
+        turn: turn.clone(),
+    };
     let mut listeners = Vec::new();
     let http = cli::parse_listen(&args.http)?.ok_or("-http must not be empty")?;
     let control = control::Control::new(paths.clone(), health.clone(), config);

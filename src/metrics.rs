@@ -36,6 +36,8 @@ pub struct Metrics {
     families: Families,
     /// The path whose series also appear under API.md's unlabelled names.
     legacy: Mutex<String>,
+    /// 1 while a TURN server gives allocations (`crate::turn`), by URL.
+    pub turn_up: IntGaugeVec,
 }
 
 /// One path's metrics: handles bound to `path="NAME"`.
@@ -166,7 +168,13 @@ impl Metrics {
                 histogram("webrtc_jitter_ms", "Viewer interarrival jitter, ms", latency_buckets()),
             ],
         };
-        Metrics { registry, families, legacy: Mutex::new(crate::config::LEGACY_PATH.to_string()) }
+        let turn_up = IntGaugeVec::new(
+            Opts::new("streaming_turn_up", "1 while the TURN server gives relay allocations"),
+            &["url"],
+        )
+        .expect("metric names are static and valid");
+        registry.register(Box::new(turn_up.clone())).expect("each metric is registered once");
+        Metrics { registry, families, legacy: Mutex::new(crate::config::LEGACY_PATH.to_string()), turn_up }
     }
 
     /// Sets the path whose series also appear under the unlabelled names.

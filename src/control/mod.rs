@@ -55,6 +55,8 @@ pub struct ControlConfig {
     /// Bearer token for the state-changing routes; `None` leaves them open.
     pub auth_token: Option<String>,
     pub limits: http::Limits,
+    /// The TURN servers' probe results, for `/health`.
+    pub turn: crate::turn::TurnMonitor,
 }
 
 /// Reads `-auth-token-file`: the token is the file's first line, trimmed.
@@ -93,6 +95,8 @@ enum Action {
     Offer,
     Whep,
     WhepSession(String),
+    /// The STUN/TURN servers a page should use (`/NAME/ice-servers`).
+    IceServers,
     Start,
     Stop,
     Status,
@@ -126,6 +130,7 @@ impl Route {
             "/start" => return legacy(Action::Start),
             "/stop" => return legacy(Action::Stop),
             "/status" => return legacy(Action::Status),
+            "/ice-servers" => return legacy(Action::IceServers),
             _ => {}
         }
         if let Some(id) = path.strip_prefix("/whep/") {
@@ -144,6 +149,7 @@ impl Route {
             "start" => Action::Start,
             "stop" => Action::Stop,
             "status" => Action::Status,
+            "ice-servers" => Action::IceServers,
             other => Action::WhepSession(session_id(other.strip_prefix("whep/")?)?),
         };
         Some(Route { target: Target::Named(name.to_string()), action })
@@ -156,7 +162,8 @@ impl Route {
             | Action::Health
             | Action::ViewerPage
             | Action::AddSlash
-            | Action::Status => "GET, HEAD, OPTIONS",
+            | Action::Status
+            | Action::IceServers => "GET, HEAD, OPTIONS",
             Action::Offer | Action::Whep | Action::Start | Action::Stop => "POST, OPTIONS",
             Action::WhepSession(_) => "DELETE, OPTIONS",
         }
@@ -172,7 +179,12 @@ impl Route {
 
     /// Routes that change state need the token when one is configured.
     fn needs_auth(&self) -> bool {
-        matches!(self.action, Action::Offer | Action::Whep | Action::WhepSession(_) | Action::Start | Action::Stop)
+        // ice-servers hands out TURN credentials: as guarded as the offer
+        // that would use them.
+        matches!(
+            self.action,
+            Action::Offer | Action::Whep | Action::WhepSession(_) | Action::Start | Action::Stop | Action::IceServers
+        )
     }
 }
 
@@ -289,6 +301,11 @@ impl Control {
                 recording_reply(blocking(move || recorder.stop()).await)
             }
             Action::Status => Reply::json(200, &json!(path.recorder.status())),
+            Action::IceServers => {
+                let servers = path.viewers.ice_servers_for_browsers(std::time::SystemTime::now());
+                // Credentials inside: never cached.
+                Reply::json(200, &json!({"iceServers": servers})).header("Cache-Control", "no-store")
+            }
             Action::Health => self.health_reply(),
         }
     }
@@ -313,6 +330,9 @@ impl Control {
             .collect();
         body["path"] = json!(legacy.name());
         body["paths"] = serde_json::Value::Object(paths);
+        if !self.config.turn.is_empty() {
+            body["turn"] = self.config.turn.report();
+        }
         Reply::json(status, &body)
     }
 

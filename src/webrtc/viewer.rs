@@ -192,11 +192,15 @@ async fn build_peer_connection(
         // (peer-reflexive) just as fast, so mDNS names are ignored.
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .build();
-    let ice_servers = if inner.config.stun.is_empty() {
+    let mut ice_servers = if inner.config.stun.is_empty() {
         Vec::new()
     } else {
         vec![RTCIceServer { urls: inner.config.stun.clone(), ..Default::default() }]
     };
+    // TURN: relay candidates in the answer for viewers that cannot reach
+    // this board directly; fresh time-limited credentials per connection.
+    let now = std::time::SystemTime::now();
+    ice_servers.extend(inner.config.turn.iter().filter(|t| t.url.usable_by_server()).map(|t| t.ice_server(now)));
     let configuration = RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build();
     PeerConnectionBuilder::new()
         .with_configuration(configuration)
