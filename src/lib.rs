@@ -45,6 +45,7 @@ pub mod profiling;
 pub mod ratelimit;
 pub mod recorder;
 pub mod rtp;
+pub mod rtsp_server;
 pub mod shutdown;
 pub mod source;
 pub mod stream;
