@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rtsp_types::headers::{self, HeaderName, Transport as TransportSpec, Transports};
@@ -114,6 +113,10 @@ impl Reply {
     /// The response's bytes, with `CSeq` echoed when the request had one.
     fn encode(self, cseq: Option<u32>) -> Vec<u8> {
         let mut builder = Response::builder(Version::V1_0, self.status).header(headers::SERVER, SERVER);
+        if self.status == StatusCode::Ok {
+            // RFC 2326's spelling (rtsp-types writes "Ok").
+            builder = builder.reason_phrase("OK");
+        }
         if let Some(cseq) = cseq {
             builder = builder.header(headers::CSEQ, cseq.to_string());
         }
@@ -238,13 +241,16 @@ impl Conn {
                     return "bad request".into();
                 }
             }
-            let idle =
-                if self.play.is_some() { Duration::from_secs(365 * 86_400) } else { self.inner.config.session_timeout };
+            // A connection with no session ends after the session timeout of
+            // silence; one whose sessions live stays (a live555 client keeps
+            // its UDP session alive with RTCP alone, its connection idle).
+            let idle = self.inner.config.session_timeout;
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return "shutdown".into(),
                 read = tokio::time::timeout(idle, reader.read_buf(&mut self.buf)) => match read {
-                    Err(_) => return "idle".into(),
+                    Err(_) if self.play.is_none() && !self.owns_sessions() => return "idle".into(),
+                    Err(_) => {}
                     Ok(Ok(0)) => return "closed by the client".into(),
                     Ok(Err(e)) => return format!("read: {e}"),
                     Ok(Ok(_)) => {}
@@ -271,6 +277,10 @@ impl Conn {
                 }
             }
         }
+    }
+
+    fn owns_sessions(&self) -> bool {
+        self.inner.sessions().values().any(|s| s.connection == self.id)
     }
 
     /// Writes to the client; a stuck client ends the connection (counted).

@@ -228,14 +228,16 @@ fn bind_from_range(
     high: u16,
     next: &AtomicU16,
 ) -> std::io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
-    let first = low + (low % 2);
-    let pairs = (u32::from(high.saturating_sub(first)) + 1) / 2;
+    // In u32: an odd LOW of 65535 has no even port after it.
+    let first = u32::from(low) + u32::from(low % 2);
+    let pairs = (u32::from(high) + 1).saturating_sub(first) / 2;
     if pairs == 0 {
         return Err(std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "the range has no even/odd port pair"));
     }
     let start = u32::from(next.fetch_add(1, Ordering::Relaxed)) % pairs;
     for i in 0..pairs {
-        let port = first + (((start + i) % pairs) * 2) as u16;
+        // first + 2 * (pairs - 1) + 1 <= high: both fit u16.
+        let port = (first + ((start + i) % pairs) * 2) as u16;
         if let Ok(rtp) = udp(ip, port) {
             if let Ok(rtcp) = udp(ip, port + 1) {
                 return Ok((rtp, rtcp));
@@ -370,4 +372,85 @@ pub(super) async fn play_udp(
     log::debug!("rtsp: UDP player of session {} ended: {why}", super::short(&session.id));
     // A stream that went away ends the session too.
     inner.end_session(&session.id, &why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::shared::marshal::Unmarshal;
+
+    fn frame(payloads: &[&'static [u8]]) -> PacketizedAu {
+        let payloads: Vec<Bytes> = payloads.iter().map(|p| Bytes::from_static(p)).collect();
+        PacketizedAu { seq: 0, rtp_time: 1000, bytes: payloads.iter().map(Bytes::len).sum(), payloads }
+    }
+
+    #[test]
+    fn headers_are_stamped_around_shared_payloads() {
+        let mut sender = RtpSender::new(0xfeed);
+        sender.seq = u16::MAX;
+        let au = frame(&[b"\x7c\x85a", b"\x7c\x45b"]);
+        let stamped: Vec<([u8; 12], Bytes)> =
+            sender.stamp(&au, Duration::from_secs(1)).map(|(h, p)| (h, p.clone())).collect();
+        assert_eq!(stamped.len(), 2);
+        let header = |i: usize| rtc::rtp::header::Header::unmarshal(&mut &stamped[i].0[..]).unwrap();
+        assert_eq!((header(0).sequence_number, header(1).sequence_number), (u16::MAX, 0));
+        assert!(!header(0).marker && header(1).marker, "the marker on the frame's last packet");
+        assert_eq!((header(0).ssrc, header(0).payload_type), (0xfeed, 96));
+        assert_eq!(header(0).timestamp, 1000u32.wrapping_add(sender.offset));
+        assert_eq!(stamped[0].1.as_ptr(), au.payloads[0].as_ptr(), "payloads are shared, not copied");
+    }
+
+    #[test]
+    fn interleaved_frames_carry_channel_and_length() {
+        let mut sender = RtpSender::new(1);
+        let au = frame(&[b"\x65abc"]);
+        let chunks = interleaved_frame(&mut sender, &au, Duration::ZERO, 6);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(&chunks[0][..4], &[b'$', 6, 0, 16]);
+        assert_eq!(chunks[0].len(), 16);
+        assert_eq!(chunks[1], au.payloads[0]);
+    }
+
+    #[test]
+    fn a_sender_report_states_the_last_frame_and_the_counts() {
+        let mut sender = RtpSender::new(9);
+        assert!(sender.sender_report().is_none(), "nothing sent yet");
+        let au = frame(&[b"\x65abc", b"\x41de"]);
+        let _ = sender.stamp(&au, crate::clock::monotonic_now()).count();
+        let report = sender.sender_report().unwrap();
+        let parsed = rtc::rtcp::sender_report::SenderReport::unmarshal(&mut &report[..]).unwrap();
+        assert_eq!((parsed.ssrc, parsed.packet_count, parsed.octet_count), (9, 2, 7));
+        assert_eq!(parsed.rtp_time, sender.timestamp(1000));
+        assert!(parsed.ntp_time > 0);
+    }
+
+    #[test]
+    fn port_pairs_from_a_range_are_even_and_adjacent() {
+        let next = AtomicU16::new(0);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let (rtp, rtcp) = bind_from_range(ip, 41001, 41999, &next).unwrap();
+        let (a, b) = (rtp.local_addr().unwrap().port(), rtcp.local_addr().unwrap().port());
+        assert!(a % 2 == 0 && b == a + 1 && (41002..=41999).contains(&b), "{a}-{b}");
+        assert!(bind_from_range(ip, 65535, 65535, &next).is_err(), "no pair in the range");
+        assert!(bind_from_range(ip, 41000, 41000, &next).is_err(), "one port is no pair");
+    }
+
+    #[tokio::test]
+    async fn partial_writes_resume_where_they_stopped() {
+        let (mut client, mut server) = tokio::io::duplex(7);
+        let mut chunks = VecDeque::from([
+            Bytes::from_static(b"hello "),
+            Bytes::from_static(b"world, "),
+            Bytes::from_static(b"rtsp"),
+        ]);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut server, &mut out).await.unwrap();
+            out
+        });
+        let written = write_chunks(&mut client, &mut chunks).await.unwrap();
+        drop(client);
+        assert_eq!(written, 17);
+        assert_eq!(reader.await.unwrap(), b"hello world, rtsp");
+    }
 }
