@@ -150,6 +150,14 @@ fn h265_over_tcp_and_udp_is_the_clip_with_vps_sps_pps_in_the_sdp() {
         let units = assert_is_the_clip(Codec::H265, &std::fs::read(&file).unwrap(), &crate_file("assets/demo.h265"));
         assert!(units >= 90, "{transport}: {units} access units");
     }
+    if have_tool("gst-launch-1.0") {
+        let file = dir.path().join("gst.h265");
+        let log = gstreamer_pull(&url, "tcp", Codec::H265, &[], 5, &file);
+        let received = std::fs::read(&file).unwrap_or_default();
+        assert!(!received.is_empty(), "GStreamer wrote nothing:\n{log}");
+        let units = assert_is_the_clip(Codec::H265, &received, &crate_file("assets/demo.h265"));
+        assert!(units >= 60, "GStreamer: {units} access units\n{log}");
+    }
 }
 
 /// `gst-launch-1.0 -e rtspsrc ... ! depay ! filesink` for `seconds`, then
@@ -624,4 +632,59 @@ fn malformed_requests_get_4xx_and_counters_and_never_a_crash() {
     // Still serving.
     assert!(exchange(addr, format!("OPTIONS {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n").as_bytes()).starts_with("RTSP/1.0 200"));
     assert!(!server.proc.log().contains("panicked"), "{}", server.proc.log());
+}
+
+#[test]
+fn an_on_demand_path_runs_while_an_rtsp_client_plays_and_sigterm_with_clients_exits_fast() {
+    if !have_tool("ffmpeg") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("streams.yml");
+    std::fs::write(
+        &config,
+        "paths:\n  lazy:\n    source: demo\n    sourceOnDemand: yes\n    sourceOnDemandCloseAfter: 1s\n",
+    )
+    .unwrap();
+    let mut server = start(&["-config", config.to_str().unwrap()]);
+    assert_eq!(path_named(&server, "lazy")["state"], "on_demand_idle");
+    // DESCRIBE starts the source and waits for its parameter sets; the
+    // session holds it while it plays.
+    let file = dir.path().join("lazy.h264");
+    let url = rtsp_url(&server, "lazy");
+    let client = ffmpeg_pull(&url, "tcp", Codec::H264, "4", &file);
+    let playing = wait_until(Duration::from_secs(15), || {
+        let path = path_named(&server, "lazy");
+        (path["rtsp_clients"] == 1 && path["state"] == "ready").then_some(())
+    });
+    assert!(playing.is_some(), "{}\n{}", path_named(&server, "lazy"), server.proc.log());
+    finish(client, "ffmpeg on the on-demand path");
+    assert_is_the_clip(Codec::H264, &std::fs::read(&file).unwrap(), &common::demo_clip());
+    let idle = wait_until(Duration::from_secs(10), || {
+        (path_named(&server, "lazy")["state"] == "on_demand_idle").then_some(())
+    });
+    assert!(idle.is_some(), "the source stops once the client left: {}", path_named(&server, "lazy"));
+
+    // Clients playing over TCP and UDP at SIGTERM: a prompt, clean exit.
+    let clients: Vec<Child> = ["tcp", "udp"]
+        .iter()
+        .map(|t| ffmpeg_pull(&url, t, Codec::H264, "30", &dir.path().join(format!("{t}.h264"))))
+        .collect();
+    wait_until(Duration::from_secs(15), || (path_named(&server, "lazy")["rtsp_clients"] == 2).then_some(()))
+        .unwrap_or_else(|| panic!("two clients never played:\n{}", server.proc.log()));
+    let started = Instant::now();
+    server.proc.signal(libc::SIGTERM);
+    let status = server.proc.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?} after {:?}:\n{}",
+        started.elapsed(),
+        server.proc.log()
+    );
+    assert!(server.proc.wait_for_line("stopped in", Duration::from_secs(1)).is_some(), "{}", server.proc.log());
+    assert!(!server.proc.log().contains("tasks still running"), "{}", server.proc.log());
+    for mut client in clients {
+        let _ = client.kill();
+        let _ = client.wait();
+    }
 }
