@@ -121,6 +121,8 @@ fn ffmpeg_over_tcp_and_udp_receives_the_h264_clip_byte_for_byte() {
     assert!(m["streaming_path_rtsp_sessions_total{path=\"cam\"}"] >= 2.0, "{m:?}");
     assert!(m["streaming_path_rtsp_frames_sent_total{path=\"cam\"}"] >= 180.0, "{m:?}");
     assert!(m["streaming_rtsp_frames_sent_total"] >= 180.0, "the legacy twin");
+    // 8 s of a ~0.5 Mbit/s clip to two clients, headers included.
+    assert!(m["streaming_path_rtsp_bytes_sent_total{path=\"cam\"}"] >= 400_000.0, "{m:?}");
     // Both clients said TEARDOWN: nobody is left playing.
     wait_until(Duration::from_secs(5), || (path_named(&server, "cam")["rtsp_clients"] == 0).then_some(()))
         .expect("rtsp_clients back to 0");

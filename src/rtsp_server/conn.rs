@@ -270,8 +270,9 @@ impl Conn {
                     let report = self.play.as_ref().and_then(|p| p.sender.sender_report().map(|r| (r, p.rtcp_channel)));
                     if let Some((report, channel)) = report {
                         let mut chunks = play::interleaved_rtcp(&report, channel);
-                        if let Err(failure) = self.write(&mut writer, &mut chunks).await {
-                            return failure;
+                        match self.write(&mut writer, &mut chunks).await {
+                            Ok(bytes) => self.count_sent(bytes),
+                            Err(failure) => return failure,
                         }
                     }
                 }
@@ -288,7 +289,7 @@ impl Conn {
         &mut self,
         writer: &mut tokio::net::tcp::WriteHalf<'_>,
         chunks: &mut VecDeque<Bytes>,
-    ) -> Result<(), String> {
+    ) -> Result<usize, String> {
         let shutdown = self.inner.shutdown.clone();
         let result = tokio::select! {
             biased;
@@ -296,12 +297,7 @@ impl Conn {
             result = play::write_chunks(writer, chunks) => result,
         };
         match result {
-            Ok(bytes) => {
-                if let Some(play) = &self.play {
-                    play.session.path.stream.metrics.rtsp_bytes_sent.inc_by(bytes as u64);
-                }
-                Ok(())
-            }
+            Ok(bytes) => Ok(bytes),
             Err(WriteFailure::Stuck) => {
                 if let Some(play) = &self.play {
                     play.session.path.stream.metrics.rtsp_clients_stuck.inc();
@@ -321,10 +317,19 @@ impl Conn {
         let Some(play) = &mut self.play else { return Ok(()) };
         let packets = play::packets_of(&play.session, au);
         let mut chunks = play::interleaved_frame(&mut play.sender, &packets, au.capture_time, play.rtp_channel);
-        let metrics = play.session.path.stream.metrics.clone();
-        self.write(writer, &mut chunks).await?;
-        metrics.rtsp_frames_sent.inc();
+        let bytes = self.write(writer, &mut chunks).await?;
+        self.count_sent(bytes);
+        if let Some(play) = &self.play {
+            play.session.path.stream.metrics.rtsp_frames_sent.inc();
+        }
         Ok(())
+    }
+
+    /// Media bytes (RTP, RTCP, interleave prefixes) sent on this connection.
+    fn count_sent(&self, bytes: usize) {
+        if let Some(play) = &self.play {
+            play.session.path.stream.metrics.rtsp_bytes_sent.inc_by(bytes as u64);
+        }
     }
 
     /// `$` data from the client: RTCP on the playing session's channel keeps
