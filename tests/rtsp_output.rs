@@ -483,7 +483,7 @@ fn own_credentials_from_the_config_work_with_gstreamer_and_legacy_cam_names_the_
 
 #[test]
 fn a_udp_session_gets_rtp_and_sender_reports_lives_on_keep_alives_and_times_out_without() {
-    let server = start(&["-demo", "-rtsp-session-timeout", "5s"]);
+    let server = start(&["-demo", "-rtsp-session-timeout", "5s", "-rtsp-udp-port-range", "47000-47999"]);
     wait_ready(&server, "cam");
     let url = rtsp_url(&server, "cam");
     let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -496,7 +496,11 @@ fn a_udp_session_gets_rtp_and_sender_reports_lives_on_keep_alives_and_times_out_
     let (status, headers, _) = raw.request("SETUP", &format!("{url}/trackID=0"), &[("Transport", &transport)]);
     assert_eq!(status, 200, "{headers:?}");
     assert!(headers["session"].ends_with(";timeout=5"), "{headers:?}");
-    assert!(headers["transport"].contains("server_port="), "{headers:?}");
+    let server_ports =
+        headers["transport"].split("server_port=").nth(1).expect("server_port").split(';').next().unwrap();
+    let (low, high) = server_ports.split_once('-').unwrap();
+    let (low, high): (u16, u16) = (low.parse().unwrap(), high.parse().unwrap());
+    assert!(low % 2 == 0 && high == low + 1 && (47000..=47999).contains(&low), "{server_ports}: a pair from the range");
     let session = session_of(&headers);
     let (status, headers, _) = raw.request("PLAY", &url, &[("Session", &session)]);
     assert_eq!(status, 200);
