@@ -425,11 +425,20 @@ impl Conn {
         self.authorize(request)?;
         let (path, target) = self.target(request)?;
         let stream = &path.stream;
-        if stream.hub.parameter_sets().is_none() {
-            // Start an on-demand source and wait for its parameter sets.
+        // An idle on-demand path may still hold the parameter sets of its
+        // last run: start it and describe what it sends now.
+        let idle = path.config.on_demand && stream.source.state() != crate::stream::SourceState::Ready;
+        if idle || stream.hub.parameter_sets().is_none() {
             let _demand = stream.demand.hold();
             let wait = if path.config.on_demand { super::ON_DEMAND_WAIT } else { super::STARTING_WAIT };
-            stream.wait_for_parameter_sets(wait).await;
+            let deadline = tokio::time::Instant::now() + wait;
+            while tokio::time::Instant::now() < deadline {
+                let ready = stream.source.state() == crate::stream::SourceState::Ready;
+                if stream.hub.parameter_sets().is_some() && (ready || !path.config.on_demand) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
         }
         let Some(parameter_sets) = stream.hub.parameter_sets() else {
             return Err(Reply::new(StatusCode::ServiceUnavailable).header(headers::RETRY_AFTER, "2"));
