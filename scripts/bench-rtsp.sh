@@ -124,7 +124,7 @@ for n in $steps; do
     wait "${clients_pids[@]}" 2>/dev/null || true
     clients_pids=()
     per=$(awk -v c="$cpu" -v b="$base" -v n="$n" 'BEGIN {printf "%.2f", (c - b) / n}')
-    printf '%-8s %7s %8s %12s %7s %s\n' rtsp "$n" "$cpu" "$per" "$(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}')" \
+    printf '%-8s %7s %8s %12s %7s %s\n' "rtsp/$transport" "$n" "$cpu" "$per" "$(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}')" \
         "$playing playing at the end"
     for _ in $(seq 100); do read -r r _ < <(counts); [ "$r" = 0 ] && break; sleep 0.1; done
 
