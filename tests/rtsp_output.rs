@@ -694,3 +694,24 @@ fn an_on_demand_path_runs_while_an_rtsp_client_plays_and_sigterm_with_clients_ex
         let _ = client.wait();
     }
 }
+
+#[test]
+fn a_taken_rtsp_port_names_the_flag_and_a_bad_rtsp_address_names_the_config_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let mut proc =
+        common::Proc::spawn(&["-demo", "-http", "127.0.0.1:0", "-metrics", "", "-pprof", "", "-rtsp", &port], &[]);
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!status.success());
+    let needle = format!("-rtsp {port} is in use");
+    assert!(proc.wait_for_line(&needle, Duration::from_secs(1)).is_some(), "{}", proc.log());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("streams.yml");
+    std::fs::write(&config, "paths:\n  cam:\n    source: demo\nrtspAddress: nowhere\n").unwrap();
+    let mut proc = common::Proc::spawn(&["-config", config.to_str().unwrap(), "-http", "127.0.0.1:0"], &[]);
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!status.success());
+    let needle = format!("{}:4: rtspAddress: bad listen address", config.display());
+    assert!(proc.wait_for_line(&needle, Duration::from_secs(1)).is_some(), "{}", proc.log());
+}
