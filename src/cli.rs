@@ -89,6 +89,19 @@ pub struct Args {
     /// interfaces but loopback when empty (name 127.0.0.1 to add loopback).
     #[arg(long = "webrtc-ip", default_value = "")]
     pub webrtc_ip: String,
+    /// RTSP server address for NVRs and home automation (e.g. :8554):
+    /// every path as rtsp://HOST:PORT/NAME. Off when empty (the config
+    /// file's rtspAddress turns it on too; this flag wins).
+    #[arg(long, default_value = "")]
+    pub rtsp: String,
+    /// UDP ports the RTSP server sends RTP/RTCP from, LOW-HIGH (pairs from
+    /// an even port); ephemeral ports when empty.
+    #[arg(long = "rtsp-udp-port-range", default_value = "")]
+    pub rtsp_udp_port_range: String,
+    /// An RTSP session with no request or RTCP report for this long ends
+    /// (announced in `Session: ID;timeout=`), e.g. 60s.
+    #[arg(long = "rtsp-session-timeout", default_value = "60s")]
+    pub rtsp_session_timeout: String,
     /// debug, info, warn, error or silent; RUST_LOG overrides.
     #[arg(long = "log-level", value_enum, default_value = "info")]
     pub log_level: LogLevel,
@@ -319,6 +332,7 @@ mod tests {
             ("/pet_camera_stream", ":8081", ":9090", ":6060", 10)
         );
         assert_eq!(a.record_path, PathBuf::from("./recordings"));
+        assert_eq!(a.rtsp, "", "the RTSP server is off by default");
     }
 
     #[test]

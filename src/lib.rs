@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! source (ring | rtsp | demo) -> Feed: codec processor -> hub (fan-out) -+-> webrtc viewers
+//!                                                                          +-> rtsp_server clients
 //!                                                                          +-> recorder
 //! ```
 //!
@@ -20,6 +21,9 @@
 //!   cache, IDR rules).
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
+//! - [`rtp`]: RTP payload formats and the packet cache every receiver shares.
+//! - [`rtsp_server`]: every path as `rtsp://HOST:PORT/NAME` for NVRs (TCP
+//!   interleaved and UDP, Basic/Digest auth).
 //! - [`recorder`]: raw `.h264` files on their own thread.
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
@@ -46,6 +50,7 @@ pub mod profiling;
 pub mod ratelimit;
 pub mod recorder;
 pub mod rtp;
+pub mod rtsp_server;
 pub mod shutdown;
 pub mod source;
 pub mod stream;

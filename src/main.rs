@@ -12,6 +12,7 @@ use streaming_server::fake_camera::{self, Clip};
 use streaming_server::metrics::Metrics;
 use streaming_server::paths::Paths;
 use streaming_server::recorder;
+use streaming_server::rtsp_server::{self, RtspServer};
 use streaming_server::shutdown::{self, Trigger};
 use streaming_server::systemd;
 use streaming_server::tasks::TaskSet;
@@ -157,7 +158,7 @@ fn serve(args: &Args) -> Result<(), String> {
         record_min_free: recorder::parse_size(&args.record_min_free)?,
         max_clients: args.max_clients,
     };
-    let configs = config::load(args.config.as_deref(), &flags).map_err(|e| format!("config: {e}"))?;
+    let loaded = config::load(args.config.as_deref(), &flags).map_err(|e| format!("config: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     // One runtime for viewers, sources and every listener: nothing on it
     // blocks (recorder syncs and profiles go to its blocking pool; a ring's
@@ -180,10 +181,11 @@ fn serve(args: &Args) -> Result<(), String> {
     webrtc_config.turn = turn_flags(args)?;
     // Every TURN server any path uses, probed in the background.
     let turn = TurnMonitor::new(
-        webrtc_config.turn.iter().cloned().chain(configs.iter().flat_map(|c| c.turn.iter().flatten().cloned())),
+        webrtc_config.turn.iter().cloned().chain(loaded.paths.iter().flat_map(|c| c.turn.iter().flatten().cloned())),
     );
-    let paths = Arc::new(Paths::new(configs, &metrics, &webrtc_config, runtime.handle(), &shutdown)?);
+    let paths = Arc::new(Paths::new(loaded.paths, &metrics, &webrtc_config, runtime.handle(), &shutdown)?);
     let listeners = start_listeners(args, &metrics, &paths, &health, &turn, &shutdown, runtime.handle())?;
+    let rtsp = start_rtsp(args, &loaded.rtsp, &metrics, &paths, &shutdown, runtime.handle())?;
 
     let sources = TaskSet::new();
     paths.start_sources(runtime.handle(), &sources, &shutdown);
@@ -258,6 +260,10 @@ fn serve(args: &Args) -> Result<(), String> {
     let grace = std::time::Instant::now() + Duration::from_millis(300);
     for listener in listeners {
         listener.stop(grace.saturating_duration_since(std::time::Instant::now()));
+    }
+    // RTSP clients go with the viewers: their tasks end at the stop signal.
+    if let Some(rtsp) = &rtsp {
+        rtsp.stop(Duration::from_millis(500));
     }
     let viewers_deadline = std::time::Instant::now() + Duration::from_millis(500);
     for path in paths.iter() {
@@ -344,6 +350,46 @@ fn start_listeners(
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// The RTSP server when `-rtsp` or the config's `rtspAddress` names an
+/// address (`-rtsp` wins). Credentials: the config's own, else the API's
+/// bearer token as the password, else none.
+fn start_rtsp(
+    args: &Args,
+    file: &config::RtspFileSettings,
+    metrics: &Arc<Metrics>,
+    paths: &Arc<Paths>,
+    shutdown: &shutdown::Shutdown,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<RtspServer>, String> {
+    let addr = match cli::parse_listen(&args.rtsp)? {
+        Some(addr) => addr,
+        None => match file.address {
+            Some(addr) => addr,
+            None => return Ok(None),
+        },
+    };
+    let auth = match (&file.credentials, &args.auth_token_file) {
+        (Some((user, pass)), _) => rtsp_server::Auth::Credentials { user: user.clone(), pass: pass.clone() },
+        (None, Some(path)) => rtsp_server::Auth::Token(control::load_token(path)?),
+        (None, None) => rtsp_server::Auth::Open,
+    };
+    let config = rtsp_server::RtspServerConfig {
+        addr,
+        auth,
+        session_timeout: rtsp_server::parse_session_timeout(&args.rtsp_session_timeout)
+            .map_err(|e| format!("-rtsp-session-timeout: {e}"))?,
+        udp_port_range: webrtc::parse_port_range(&args.rtsp_udp_port_range)
+            .map_err(|e| format!("-rtsp-udp-port-range: {e}"))?,
+    };
+    let shown = if args.rtsp.is_empty() { format!("{addr} (rtspAddress)") } else { args.rtsp.clone() };
+    let server = RtspServer::start(config, paths.clone(), metrics, runtime, shutdown)
+        .map_err(|e| bind_error("rtsp", &shown, &e))?;
+    for path in paths.iter() {
+        log::info!("rtsp: {} at {}", path.name(), rtsp_server::url_of(server.addr, path.name()));
+    }
+    Ok(Some(server))
 }
 
 /// `-http :8081 is in use; pass -http :PORT` and the like.

@@ -53,6 +53,7 @@ impl Path {
             "height": height,
             "fps": fps,
             "viewers": self.viewers.count(),
+            "rtsp_clients": self.stream.metrics.rtsp_clients.get(),
             "max_clients": self.config.max_clients,
             "recording": recording.recording,
             "frames_read": source.frames_read.load(Ordering::Relaxed),

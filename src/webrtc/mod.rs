@@ -269,7 +269,6 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Handle,
     tasks: TaskSet,
     slots: Mutex<HashMap<String, Slot>>,
-    cache: crate::rtp::PacketCache,
     next_port: AtomicU16,
     keyframe_restarts: AtomicU64,
     connected: AtomicU64,
@@ -387,7 +386,6 @@ impl Viewers {
             runtime,
             tasks: TaskSet::new(),
             slots: Mutex::new(HashMap::new()),
-            cache: crate::rtp::PacketCache::new(),
             next_port: AtomicU16::new(0),
             keyframe_restarts: AtomicU64::new(0),
             connected: AtomicU64::new(0),
@@ -476,8 +474,8 @@ impl Viewers {
     /// Counters (packetize-once, keyframe restarts).
     pub fn stats(&self) -> ViewerStats {
         ViewerStats {
-            packetized: self.inner.cache.packetized(),
-            cache_hits: self.inner.cache.hits(),
+            packetized: self.inner.stream.packets.packetized(),
+            cache_hits: self.inner.stream.packets.hits(),
             keyframe_restarts: self.inner.keyframe_restarts.load(Ordering::Relaxed),
             connected: self.inner.connected.load(Ordering::Relaxed),
         }
