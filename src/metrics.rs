@@ -36,6 +36,8 @@ pub struct Metrics {
     families: Families,
     /// The path whose series also appear under API.md's unlabelled names.
     legacy: Mutex<String>,
+    /// 1 while a TURN server gives allocations (`crate::turn`), by URL.
+    pub turn_up: IntGaugeVec,
 }
 
 /// One path's metrics: handles bound to `path="NAME"`.
@@ -84,6 +86,17 @@ pub struct StreamMetrics {
     codec_info: IntGaugeVec,
     pub recordings: IntCounter,
     pub recording_files_deleted: IntCounter,
+    /// RTSP clients playing this path now.
+    pub rtsp_clients: IntGauge,
+    /// RTSP sessions that started playing.
+    pub rtsp_sessions: IntCounter,
+    pub rtsp_frames_sent: IntCounter,
+    /// Frames RTSP clients lost (queue full, then until the next keyframe).
+    pub rtsp_frames_dropped: IntCounter,
+    /// RTP and RTCP bytes sent to RTSP clients (interleaved framing included).
+    pub rtsp_bytes_sent: IntCounter,
+    /// RTSP clients dropped because they stopped reading.
+    pub rtsp_clients_stuck: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -138,6 +151,11 @@ impl Metrics {
                 counter("recording_errors_total", "Recordings ended by an I/O error, by operation", &["path", "op"]),
                 counter("recordings_total", "Recordings started", p),
                 counter("recording_files_deleted_total", "Old recordings deleted by retention", p),
+                counter("rtsp_sessions_total", "RTSP sessions that started playing", p),
+                counter("rtsp_frames_sent_total", "Frames sent to RTSP clients", p),
+                counter("rtsp_frames_dropped_total", "Frames RTSP clients lost (slow reader)", p),
+                counter("rtsp_bytes_sent_total", "RTP/RTCP bytes sent to RTSP clients", p),
+                counter("rtsp_clients_stuck_total", "RTSP clients dropped for not reading", p),
             ],
             gauges: vec![
                 gauge("webrtc_buffer_usage_percent", "Fullest WebRTC viewer queue, percent"),
@@ -147,6 +165,7 @@ impl Metrics {
                 gauge("recording_bytes", "Bytes written to the current recording"),
                 gauge("recording_frames", "Frames written to the current recording"),
                 gauge("camera_attached", "1 while the source delivers"),
+                gauge("rtsp_clients", "RTSP clients playing now"),
                 gauge_with("codec_info", "1 for the codec the stream carries now (h264, h265)", &["path", "codec"]),
             ],
             histograms: vec![
@@ -166,7 +185,13 @@ impl Metrics {
                 histogram("webrtc_jitter_ms", "Viewer interarrival jitter, ms", latency_buckets()),
             ],
         };
-        Metrics { registry, families, legacy: Mutex::new(crate::config::LEGACY_PATH.to_string()) }
+        let turn_up = IntGaugeVec::new(
+            Opts::new("streaming_turn_up", "1 while the TURN server gives relay allocations"),
+            &["url"],
+        )
+        .expect("metric names are static and valid");
+        registry.register(Box::new(turn_up.clone())).expect("each metric is registered once");
+        Metrics { registry, families, legacy: Mutex::new(crate::config::LEGACY_PATH.to_string()), turn_up }
     }
 
     /// Sets the path whose series also appear under the unlabelled names.
@@ -225,6 +250,12 @@ impl Metrics {
             codec_info: self.gauge("codec_info").clone(),
             recordings: c("recordings_total"),
             recording_files_deleted: c("recording_files_deleted_total"),
+            rtsp_clients: g("rtsp_clients"),
+            rtsp_sessions: c("rtsp_sessions_total"),
+            rtsp_frames_sent: c("rtsp_frames_sent_total"),
+            rtsp_frames_dropped: c("rtsp_frames_dropped_total"),
+            rtsp_bytes_sent: c("rtsp_bytes_sent_total"),
+            rtsp_clients_stuck: c("rtsp_clients_stuck_total"),
         };
         // Export zeros from the start, so dashboards and alerts see the series.
         for op in ["write", "fdatasync", "fsync", "fsync directory", "create"] {

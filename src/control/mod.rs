@@ -60,6 +60,8 @@ pub struct ControlConfig {
     /// Bearer token for the state-changing routes; `None` leaves them open.
     pub auth_token: Option<String>,
     pub limits: http::Limits,
+    /// The TURN servers' probe results, for `/health`.
+    pub turn: crate::turn::TurnMonitor,
 }
 
 /// Reads `-auth-token-file`: the token is the file's first line, trimmed.
@@ -98,6 +100,8 @@ enum Action {
     Offer,
     Whep,
     WhepSession(String),
+    /// The STUN/TURN servers a page should use (`/NAME/ice-servers`).
+    IceServers,
     Start,
     Stop,
     Status,
@@ -138,6 +142,7 @@ impl Route {
             "/start" => return legacy(Action::Start),
             "/stop" => return legacy(Action::Stop),
             "/status" => return legacy(Action::Status),
+            "/ice-servers" => return legacy(Action::IceServers),
             "/recordings" => return legacy(Action::RecordingList),
             "/recordings/" => return legacy(Action::RecordingsPage),
             _ => {}
@@ -161,6 +166,7 @@ impl Route {
             "start" => Action::Start,
             "stop" => Action::Stop,
             "status" => Action::Status,
+            "ice-servers" => Action::IceServers,
             other => Action::WhepSession(session_id(other.strip_prefix("whep/")?)?),
         };
         Some(Route { target: Target::Named(name.to_string()), action })
@@ -174,6 +180,7 @@ impl Route {
             | Action::ViewerPage
             | Action::AddSlash
             | Action::Status
+            | Action::IceServers
             | Action::RecordingList
             | Action::RecordingsPage => "GET, HEAD, OPTIONS",
             Action::Offer | Action::Whep | Action::Start | Action::Stop => "POST, OPTIONS",
@@ -194,7 +201,14 @@ impl Route {
     /// Requests that change state need the token when one is configured.
     fn needs_auth(&self, method: &Method) -> bool {
         match self.action {
-            Action::Offer | Action::Whep | Action::WhepSession(_) | Action::Start | Action::Stop => true,
+            // ice-servers hands out TURN credentials: as guarded as the
+            // offer that would use them.
+            Action::Offer
+            | Action::Whep
+            | Action::WhepSession(_)
+            | Action::Start
+            | Action::Stop
+            | Action::IceServers => true,
             Action::Recording(_) => *method == Method::Delete,
             _ => false,
         }
@@ -316,6 +330,11 @@ impl Control {
                 recording_reply(blocking(move || recorder.stop()).await)
             }
             Action::Status => Reply::json(200, &json!(path.recorder.status())),
+            Action::IceServers => {
+                let servers = path.viewers.ice_servers_for_browsers(std::time::SystemTime::now());
+                // Credentials inside: never cached.
+                Reply::json(200, &json!({"iceServers": servers})).header("Cache-Control", "no-store")
+            }
             Action::RecordingList => self.recordings.list().await,
             Action::RecordingsPage => Reply::new(200, "text/html; charset=utf-8", RECORDINGS_PAGE),
             Action::Recording(id) => self.recordings.file(&request, &id).await,
@@ -343,6 +362,9 @@ impl Control {
             .collect();
         body["path"] = json!(legacy.name());
         body["paths"] = serde_json::Value::Object(paths);
+        if !self.config.turn.is_empty() {
+            body["turn"] = self.config.turn.report();
+        }
         Reply::json(status, &body)
     }
 
