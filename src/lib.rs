@@ -17,14 +17,20 @@
 //! - [`source`]: the sources ([`source::ring`]: the daemon's ring, whose
 //!   layout is in [`abi`]; [`source::rtsp`]: IP cameras; the demo camera) and
 //!   their supervisor; [`fake_camera`]: a daemon stand-in that plays a clip.
-//! - [`codec`]: Annex-B splitting and the H.264 processor (SPS parsing, SPS/PPS
-//!   cache, IDR rules).
+//! - [`codec`]: Annex-B splitting and the H.264/H.265 processors (SPS
+//!   parsing, parameter-set cache, keyframe rules).
+//! - [`mp4`]: access units to MP4 without decoding: fMP4 init segments and
+//!   fragments (LL-HLS), and raw recordings served as faststart MP4 on the
+//!   fly.
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
 //! - [`rtp`]: RTP payload formats and the packet cache every receiver shares.
 //! - [`rtsp_server`]: every path as `rtsp://HOST:PORT/NAME` for NVRs (TCP
 //!   interleaved and UDP, Basic/Digest auth).
-//! - [`recorder`]: raw `.h264` files on their own thread.
+//! - [`recorder`]: raw `.h264`/`.h265` files on their own thread, with
+//!   [`recording_times`] sidecars (every frame's capture time).
+//! - [`recordings`]: the files on disk as the `/recordings` routes serve
+//!   them (listing, safe opening, MP4 layouts, deletion).
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
 //! - [`turn`]: TURN servers, their credentials and a probe of each.
@@ -45,10 +51,13 @@ pub mod http;
 pub mod hub;
 pub mod load_client;
 pub mod metrics;
+pub mod mp4;
 pub mod paths;
 pub mod profiling;
 pub mod ratelimit;
 pub mod recorder;
+pub mod recording_times;
+pub mod recordings;
 pub mod rtp;
 pub mod rtsp_server;
 pub mod shutdown;

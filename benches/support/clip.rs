@@ -66,3 +66,11 @@ pub fn clip_path_h265(benching: bool) -> Result<PathBuf, String> {
     }
     Ok(path)
 }
+
+/// Both clips, H.264 then H.265 ([`clip_path`], [`clip_path_h265`]), for
+/// the benches that measure each codec; panics saying what is missing.
+pub fn both_codecs(benching: bool) -> [PathBuf; 2] {
+    let h264 = clip_path(benching).unwrap_or_else(|e| panic!("bench clip: {e}"));
+    let h265 = clip_path_h265(benching).unwrap_or_else(|e| panic!("H.265 bench clip: {e}"));
+    [h264, h265]
+}
