@@ -29,6 +29,7 @@
 //!   shared leaves that know nothing of video.
 
 pub mod abi;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod codec;
@@ -42,6 +43,7 @@ pub mod load_client;
 pub mod metrics;
 pub mod paths;
 pub mod profiling;
+pub mod random;
 pub mod ratelimit;
 pub mod recorder;
 pub mod rtp;

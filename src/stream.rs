@@ -1,12 +1,14 @@
 //! A stream: the value a path's source writes into and its outputs read.
 //!
 //! It holds the path's name, its [`Hub`] (fan-out, GOP cache, parameter
-//! sets), the source's [`SourceStatus`] (atomics the source writes and the
-//! control plane reads), the path's [`StreamMetrics`], and its [`Demand`]
-//! (who needs the source running: viewers and recordings hold guards; an
+//! sets), the [`PacketCache`] every RTP output shares (each frame
+//! packetized once for all viewers and publish targets), the source's
+//! [`SourceStatus`] (atomics the source writes and the control plane
+//! reads), the path's [`StreamMetrics`], and its [`Demand`] (who needs the
+//! source running: viewers, recordings and publish targets hold guards; an
 //! on-demand source runs only while someone does). Sources push frames and
-//! gaps in through [`Feed`](crate::source::Feed); viewers and the recorder
-//! subscribe to the hub. Nothing here does I/O.
+//! gaps in through [`Feed`](crate::source::Feed); viewers, publish targets
+//! and the recorder subscribe to the hub. Nothing here does I/O.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,6 +17,7 @@ use std::time::Duration;
 use crate::clock::monotonic_now;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, StreamMetrics};
+use crate::rtp::PacketCache;
 
 /// No frame for this long and the source counts as stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(3);
@@ -126,8 +129,8 @@ impl Default for Demand {
     }
 }
 
-/// Holds demand for a source while alive (a viewer, a recording, an offer
-/// waiting for the stream).
+/// Holds demand for a source while alive (a viewer, a recording, a publish
+/// target, an offer waiting for the stream).
 #[derive(Debug)]
 pub struct DemandGuard {
     count: Arc<tokio::sync::watch::Sender<usize>>,
@@ -160,6 +163,8 @@ impl Demand {
 pub struct Stream {
     pub name: String,
     pub hub: Arc<Hub>,
+    /// The RTP payloads of recent frames, shared by every RTP output.
+    pub packets: Arc<PacketCache>,
     pub source: Arc<SourceStatus>,
     pub metrics: StreamMetrics,
     pub demand: Demand,
@@ -175,6 +180,7 @@ impl Stream {
         Stream {
             name: name.to_string(),
             hub: Arc::new(Hub::new()),
+            packets: Arc::new(PacketCache::new()),
             source: Arc::new(source),
             metrics: metrics.stream(name),
             demand: Demand::default(),
