@@ -43,6 +43,7 @@ pub mod load_client;
 pub mod metrics;
 pub mod paths;
 pub mod profiling;
+pub mod publish;
 pub mod random;
 pub mod ratelimit;
 pub mod recorder;

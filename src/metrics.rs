@@ -84,6 +84,21 @@ pub struct StreamMetrics {
     codec_info: IntGaugeVec,
     pub recordings: IntCounter,
     pub recording_files_deleted: IntCounter,
+    publish: Vec<(&'static str, IntCounterVec)>,
+    publish_up: IntGaugeVec,
+}
+
+/// One publish target's metrics: handles bound to `path` and `target`.
+#[derive(Clone, Debug)]
+pub struct PublishMetrics {
+    pub bytes: IntCounter,
+    pub packets: IntCounter,
+    pub frames: IntCounter,
+    pub frames_dropped: IntCounter,
+    pub reconnects: IntCounter,
+    pub errors: IntCounter,
+    pub keyframe_requests: IntCounter,
+    pub up: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -114,6 +129,7 @@ impl Metrics {
             (name, metric)
         };
         let p = &["path"];
+        let pt = &["path", "target"];
         let families = Families {
             counters: vec![
                 counter("frames_read_total", "Frames the source delivered intact", p),
@@ -138,6 +154,21 @@ impl Metrics {
                 counter("recording_errors_total", "Recordings ended by an I/O error, by operation", &["path", "op"]),
                 counter("recordings_total", "Recordings started", p),
                 counter("recording_files_deleted_total", "Old recordings deleted by retention", p),
+                counter("publish_bytes_total", "RTP bytes (headers and payloads) sent to a publish target", pt),
+                counter("publish_packets_total", "RTP packets sent to a publish target", pt),
+                counter("publish_frames_total", "Frames sent to a publish target", pt),
+                counter(
+                    "publish_frames_dropped_total",
+                    "Frames a publish target lost (queue full, then until the next keyframe)",
+                    pt,
+                ),
+                counter("publish_reconnects_total", "New sessions with a publish target after a failed one", pt),
+                counter(
+                    "publish_errors_total",
+                    "Failed sessions and frames that could not be sent to a publish target",
+                    pt,
+                ),
+                counter("publish_keyframe_requests_total", "PLI/FIR keyframe requests from a publish target", pt),
             ],
             gauges: vec![
                 gauge("webrtc_buffer_usage_percent", "Fullest WebRTC viewer queue, percent"),
@@ -148,6 +179,7 @@ impl Metrics {
                 gauge("recording_frames", "Frames written to the current recording"),
                 gauge("camera_attached", "1 while the source delivers"),
                 gauge_with("codec_info", "1 for the codec the stream carries now (h264, h265)", &["path", "codec"]),
+                gauge_with("publish_up", "1 while a publish target's session is up", pt),
             ],
             histograms: vec![
                 histogram(
@@ -225,6 +257,14 @@ impl Metrics {
             codec_info: self.gauge("codec_info").clone(),
             recordings: c("recordings_total"),
             recording_files_deleted: c("recording_files_deleted_total"),
+            publish: self
+                .families
+                .counters
+                .iter()
+                .filter(|(name, _)| name.starts_with("publish_"))
+                .map(|(name, family)| (*name, family.clone()))
+                .collect(),
+            publish_up: self.gauge("publish_up").clone(),
         };
         // Export zeros from the start, so dashboards and alerts see the series.
         for op in ["write", "fdatasync", "fsync", "fsync directory", "create"] {
@@ -308,6 +348,31 @@ impl StreamMetrics {
         }
     }
 
+    /// The handles of one publish target, labelled `target` (a URL without
+    /// secrets, see `publish`).
+    pub fn publish(&self, target: &str) -> PublishMetrics {
+        let labels = [self.path.as_str(), target];
+        let c = |name: &str| {
+            // Names are the static ones registered in `Metrics::new`.
+            self.publish
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("a registered publish counter")
+                .1
+                .with_label_values(&labels)
+        };
+        PublishMetrics {
+            bytes: c("publish_bytes_total"),
+            packets: c("publish_packets_total"),
+            frames: c("publish_frames_total"),
+            frames_dropped: c("publish_frames_dropped_total"),
+            reconnects: c("publish_reconnects_total"),
+            errors: c("publish_errors_total"),
+            keyframe_requests: c("publish_keyframe_requests_total"),
+            up: self.publish_up.with_label_values(&labels),
+        }
+    }
+
     /// The frame-errors count of one stage and reason (tests, `/health`).
     pub fn frame_errors(&self, stage: &str, reason: &str) -> u64 {
         self.frame_errors.with_label_values(&[&self.path, stage, reason]).get()
@@ -340,6 +405,16 @@ mod tests {
         assert!(text.contains("streaming_path_codec_info{codec=\"h265\",path=\"day\"} 1"), "{text}");
         assert!(text.contains("streaming_path_codec_info{codec=\"h264\",path=\"day\"} 0"), "{text}");
         assert!(!text.contains("streaming_codec_info{"), "{text}");
+        let publish = cam.publish("rtp://h:5004?pt=96");
+        publish.bytes.inc_by(1200);
+        publish.up.set(1);
+        let text = metrics.encode();
+        assert!(
+            text.contains("streaming_path_publish_bytes_total{path=\"cam\",target=\"rtp://h:5004?pt=96\"} 1200"),
+            "{text}"
+        );
+        assert!(text.contains("streaming_publish_bytes_total{target=\"rtp://h:5004?pt=96\"} 1200"), "{text}");
+        assert!(text.contains("streaming_publish_up{target=\"rtp://h:5004?pt=96\"} 1"), "{text}");
         metrics.set_legacy_path("day");
         let text = metrics.encode();
         assert!(text.contains("\nstreaming_frames_read_total 7\n"), "{text}");
