@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""A WHIP endpoint (RFC 9725) on aiortc, an independent WebRTC stack, for
+tests/publish_whip.rs: it answers WHIP offers, receives the video track and
+reports what arrived.
+
+    whip_endpoint.py --port 0 --record-dir DIR [--token T] [--host 127.0.0.1]
+
+Prints "listening on HOST:PORT" once it serves. Routes:
+
+- POST /whip: an SDP offer (Content-Type application/sdp) -> 201 with the
+  answer and Location /whip/session/<id>; 401 without the bearer token
+  (when --token is given), 415 for another content type.
+- DELETE /whip/session/<id>: ends that session -> 200; 404 if unknown.
+- GET /stats: JSON, per session: id, connection state, RTP packets and bytes
+  received, frames decoded by aiortc (PyAV), whether it was deleted.
+
+Every RTP packet of a session's video track, as aiortc hands it to its
+depacketizer (after SRTP), is appended to DIR/<id>.rtp as records of
+sequence number (u16), marker (u8), payload length (u32), big-endian, then
+the payload: the test checks them byte for byte against the clip. ICE runs
+on --host only (aioice leaves loopback out by default).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import struct
+import sys
+import uuid
+
+import aioice.ice
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+SESSIONS = {}
+
+_handle_rtp_packet = RTCRtpReceiver._handle_rtp_packet
+
+
+async def _recording_handle_rtp_packet(self, packet, arrival_time_ms):
+    session = getattr(self, "_whip_session", None)
+    if session is not None:
+        session["packets"] += 1
+        session["bytes"] += len(packet.payload)
+        session["record"].write(
+            struct.pack(">HBI", packet.sequence_number, int(packet.marker), len(packet.payload))
+        )
+        session["record"].write(packet.payload)
+        session["record"].flush()
+    await _handle_rtp_packet(self, packet, arrival_time_ms)
+
+
+RTCRtpReceiver._handle_rtp_packet = _recording_handle_rtp_packet
+
+
+def authorized(request, token):
+    return token is None or request.headers.get("Authorization") == f"Bearer {token}"
+
+
+async def decode(session, track):
+    """Counts the frames aiortc decodes (PyAV's H.264 decoder)."""
+    try:
+        while True:
+            await track.recv()
+            session["frames_decoded"] += 1
+    except Exception:  # the track ended
+        pass
+
+
+async def post_whip(request):
+    args = request.app["args"]
+    if not authorized(request, args.token):
+        return web.Response(status=401, text="missing or wrong bearer token")
+    if request.content_type != "application/sdp":
+        return web.Response(status=415, text="WHIP offers are application/sdp")
+    offer = await request.text()
+    session_id = uuid.uuid4().hex
+    pc = RTCPeerConnection()
+    session = {
+        "id": session_id,
+        "pc": pc,
+        "packets": 0,
+        "bytes": 0,
+        "frames_decoded": 0,
+        "deleted": False,
+        "record": open(os.path.join(args.record_dir, f"{session_id}.rtp"), "wb"),
+        "tasks": [],
+    }
+    SESSIONS[session_id] = session
+
+    @pc.on("track")
+    def on_track(track):
+        for receiver in pc.getReceivers():
+            if receiver.track is track:
+                receiver._whip_session = session
+        session["tasks"].append(asyncio.ensure_future(decode(session, track)))
+
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    return web.Response(
+        status=201,
+        content_type="application/sdp",
+        text=pc.localDescription.sdp,
+        headers={"Location": f"/whip/session/{session_id}"},
+    )
+
+
+async def delete_session(request):
+    if not authorized(request, request.app["args"].token):
+        return web.Response(status=401)
+    session = SESSIONS.get(request.match_info["id"])
+    if session is None or session["deleted"]:
+        return web.Response(status=404)
+    session["deleted"] = True
+    await session["pc"].close()
+    return web.Response(status=200)
+
+
+async def stats(request):
+    out = []
+    for session in SESSIONS.values():
+        out.append(
+            {
+                "id": session["id"],
+                "state": session["pc"].connectionState,
+                "packets": session["packets"],
+                "bytes": session["bytes"],
+                "frames_decoded": session["frames_decoded"],
+                "deleted": session["deleted"],
+            }
+        )
+    return web.json_response({"sessions": out})
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token")
+    parser.add_argument("--record-dir", required=True)
+    args = parser.parse_args()
+    host = args.host
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [host]
+
+    app = web.Application()
+    app["args"] = args
+    app.router.add_post("/whip", post_whip)
+    app.router.add_delete("/whip/session/{id}", delete_session)
+    app.router.add_get("/stats", stats)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    print(f"listening on {args.host}:{port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for session in SESSIONS.values():
+            await session["pc"].close()
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
