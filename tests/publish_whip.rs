@@ -1,8 +1,9 @@
 //! WHIP publishing against a WHIP endpoint built on aiortc, an independent
 //! WebRTC stack (tests/whip_endpoint.py), with the real binary and its demo
 //! camera: every RTP payload aiortc receives is checked byte for byte
-//! against the clip and aiortc decodes the frames; the session is ended with
-//! DELETE when the server stops; a killed and restarted endpoint gets a new
+//! against the clip and aiortc decodes the frames; packets the endpoint drops
+//! come back when aiortc NACKs them; a PLI restarts the stream at the cached
+//! keyframe; the session is ended with DELETE when the server stops; a killed and restarted endpoint gets a new
 //! session; a wrong token shows as 401 in `/paths` while the good target
 //! publishes.
 
@@ -55,21 +56,22 @@ fn wait_decoded(endpoint: &WhipEndpoint, frames: u64, not: Option<&str>) -> Valu
 }
 
 /// Checks a session's recorded RTP against the demo clip: every NAL unit
-/// the clip's, keyframes whole. Returns the NAL units matched.
-fn assert_byte_exact(endpoint: &WhipEndpoint, session: &str) -> u64 {
+/// the clip's, keyframes whole, no packet missing. Returns the check.
+fn assert_byte_exact(endpoint: &WhipEndpoint, session: &str) -> streaming_server::load_client::ClipCheck {
     let packets = endpoint.packets(session);
     let check = check_against_clip(Codec::H264, &common::demo_clip(), &packets);
     assert_eq!(check.mismatched, 0, "{:?}", check.first_mismatch);
     assert!(check.keyframes_matched >= 1, "no whole keyframe in {} packets", packets.len());
     assert!(check.matched >= 60, "only {} NAL units matched", check.matched);
-    check.matched
+    check
 }
 
 #[test]
 fn whip_publishes_byte_exact_to_aiortc_and_deletes_the_session_on_stop() {
     let Some(python) = python_with_aiortc() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let endpoint = WhipEndpoint::start(&python, 0, Some(TOKEN), dir.path());
+    // Every 30th packet lost on its first arrival (aiortc's NACK gets it back).
+    let endpoint = WhipEndpoint::start_with(&python, 0, Some(TOKEN), dir.path(), &["--drop-every", "30"]);
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     // The same endpoint twice: once with the token, once without (its own
@@ -128,6 +130,12 @@ fn whip_publishes_byte_exact_to_aiortc_and_deletes_the_session_on_stop() {
     // aiortc saw no viewer: the server has none either.
     assert_eq!(get(&server.url("http", "/paths")).json()["paths"][0]["viewers"], 0);
 
+    // An SFU's keyframe request: answered from the GOP cache at once.
+    endpoint.request_keyframe(&id);
+    wait_until(Duration::from_secs(5), || (targets(&server)[0]["keyframe_requests"].as_u64() >= Some(1)).then_some(()))
+        .unwrap_or_else(|| panic!("no keyframe request counted: {:?}", targets(&server)));
+    std::thread::sleep(Duration::from_millis(500));
+
     // Stop: SIGTERM; the session gets its DELETE before the process exits.
     server.proc.signal(libc::SIGTERM);
     assert!(server.proc.wait_exit(Duration::from_secs(5)).is_some_and(|s| s.success()), "{}", server.proc.log());
@@ -135,7 +143,12 @@ fn whip_publishes_byte_exact_to_aiortc_and_deletes_the_session_on_stop() {
     assert_eq!(session["deleted"], true, "{session:?}\n{}", server.proc.log());
     assert!(session["frames_decoded"].as_u64() >= Some(90), "{session:?}");
     assert!(server.proc.log().contains("session deleted"), "{}", server.proc.log());
-    assert_byte_exact(&endpoint, &id);
+    let check = assert_byte_exact(&endpoint, &id);
+    // The dropped packets were retransmitted (NACK answered from history),
+    // and the PLI restarted the stream at a keyframe.
+    assert!(session["dropped"].as_u64() >= Some(5), "{session:?}");
+    assert_eq!(check.packets_missing, 0, "every dropped packet came back");
+    assert!(check.restarts >= 1, "the PLI was answered with the cached keyframe");
 }
 
 #[test]

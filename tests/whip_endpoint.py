@@ -4,6 +4,7 @@ tests/publish_whip.rs: it answers WHIP offers, receives the video track and
 reports what arrived.
 
     whip_endpoint.py --port 0 --record-dir DIR [--token T] [--host 127.0.0.1]
+                     [--drop-every N]
 
 Prints "listening on HOST:PORT" once it serves. Routes:
 
@@ -11,8 +12,16 @@ Prints "listening on HOST:PORT" once it serves. Routes:
   answer and Location /whip/session/<id>; 401 without the bearer token
   (when --token is given), 415 for another content type.
 - DELETE /whip/session/<id>: ends that session -> 200; 404 if unknown.
+- POST /whip/session/<id>/pli: aiortc sends the sender a PLI, as an SFU does
+  when a subscriber needs a keyframe.
 - GET /stats: JSON, per session: id, connection state, RTP packets and bytes
-  received, frames decoded by aiortc (PyAV), whether it was deleted.
+  received, packets dropped on purpose, frames decoded by aiortc (PyAV),
+  whether it was deleted.
+
+With --drop-every N the first arrival of every Nth RTP packet (by sequence
+number) is dropped as it comes off the ICE transport, before SRTP, as a lossy
+link would: aiortc's NACK asks for it again and the retransmission is what
+gets recorded.
 
 Every RTP packet of a session's video track, as aiortc hands it to its
 depacketizer (after SRTP), is appended to DIR/<id>.rtp as records of
@@ -42,6 +51,7 @@ _handle_rtp_packet = RTCRtpReceiver._handle_rtp_packet
 async def _recording_handle_rtp_packet(self, packet, arrival_time_ms):
     session = getattr(self, "_whip_session", None)
     if session is not None:
+        session["ssrc"] = packet.ssrc
         session["packets"] += 1
         session["bytes"] += len(packet.payload)
         session["record"].write(
@@ -53,6 +63,26 @@ async def _recording_handle_rtp_packet(self, packet, arrival_time_ms):
 
 
 RTCRtpReceiver._handle_rtp_packet = _recording_handle_rtp_packet
+
+
+def make_lossy(ice_transport, session):
+    """Drops the first arrival of every Nth SRTP packet before aiortc reads it."""
+    receive = ice_transport._recv
+
+    async def lossy_receive():
+        while True:
+            data = await receive()
+            every = session["drop_every"]
+            # SRTP (not SRTCP): version 2, payload type byte outside 192-223.
+            if every and len(data) >= 4 and 127 < data[0] < 192 and not 192 <= data[1] <= 223:
+                seq = int.from_bytes(data[2:4], "big")
+                if seq % every == 0 and seq not in session["dropped_seqs"]:
+                    session["dropped_seqs"].add(seq)
+                    session["dropped"] += 1
+                    continue
+            return data
+
+    ice_transport._recv = lossy_receive
 
 
 def authorized(request, token):
@@ -85,6 +115,11 @@ async def post_whip(request):
         "bytes": 0,
         "frames_decoded": 0,
         "deleted": False,
+        "drop_every": args.drop_every,
+        "dropped_seqs": set(),
+        "dropped": 0,
+        "ssrc": None,
+        "receiver": None,
         "record": open(os.path.join(args.record_dir, f"{session_id}.rtp"), "wb"),
         "tasks": [],
     }
@@ -95,6 +130,8 @@ async def post_whip(request):
         for receiver in pc.getReceivers():
             if receiver.track is track:
                 receiver._whip_session = session
+                session["receiver"] = receiver
+                make_lossy(receiver.transport.transport, session)
         session["tasks"].append(asyncio.ensure_future(decode(session, track)))
 
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
@@ -118,6 +155,14 @@ async def delete_session(request):
     return web.Response(status=200)
 
 
+async def send_pli(request):
+    session = SESSIONS.get(request.match_info["id"])
+    if session is None or session["receiver"] is None or session["ssrc"] is None:
+        return web.Response(status=404)
+    await session["receiver"]._send_rtcp_pli(session["ssrc"])
+    return web.Response(status=200)
+
+
 async def stats(request):
     out = []
     for session in SESSIONS.values():
@@ -127,6 +172,7 @@ async def stats(request):
                 "state": session["pc"].connectionState,
                 "packets": session["packets"],
                 "bytes": session["bytes"],
+                "dropped": session["dropped"],
                 "frames_decoded": session["frames_decoded"],
                 "deleted": session["deleted"],
             }
@@ -140,6 +186,7 @@ async def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token")
     parser.add_argument("--record-dir", required=True)
+    parser.add_argument("--drop-every", type=int, default=0)
     args = parser.parse_args()
     host = args.host
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [host]
@@ -148,6 +195,7 @@ async def main():
     app["args"] = args
     app.router.add_post("/whip", post_whip)
     app.router.add_delete("/whip/session/{id}", delete_session)
+    app.router.add_post("/whip/session/{id}/pli", send_pli)
     app.router.add_get("/stats", stats)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -149,12 +149,24 @@ impl WhipEndpoint {
     /// Starts the endpoint on `port` (0: any), requiring `token` if given,
     /// recording into `record_dir`.
     pub fn start(python: &Path, port: u16, token: Option<&str>, record_dir: &Path) -> WhipEndpoint {
+        WhipEndpoint::start_with(python, port, token, record_dir, &[])
+    }
+
+    /// As [`WhipEndpoint::start`], with more arguments (`--drop-every N`).
+    pub fn start_with(
+        python: &Path,
+        port: u16,
+        token: Option<&str>,
+        record_dir: &Path,
+        extra: &[&str],
+    ) -> WhipEndpoint {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/whip_endpoint.py");
         let mut command = Command::new(python);
         command.arg(script).args(["--host", "127.0.0.1", "--port", &port.to_string(), "--record-dir"]).arg(record_dir);
         if let Some(token) = token {
             command.args(["--token", token]);
         }
+        command.args(extra);
         let process = Child2::spawn(command, "whip");
         let line = process
             .wait_for_line("listening on ", Duration::from_secs(30))
@@ -174,6 +186,12 @@ impl WhipEndpoint {
         let response = ureq::get(&url).timeout(Duration::from_secs(5)).call().unwrap_or_else(|e| panic!("{url}: {e}"));
         let stats: Value = serde_json::from_reader(response.into_reader()).expect("JSON stats");
         stats["sessions"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Makes aiortc send a PLI for `session`'s track.
+    pub fn request_keyframe(&self, session: &str) {
+        let url = format!("http://127.0.0.1:{}/whip/session/{session}/pli", self.port);
+        ureq::post(&url).timeout(Duration::from_secs(5)).call().unwrap_or_else(|e| panic!("{url}: {e}"));
     }
 
     /// The RTP packets a session received: (sequence number, payload,
