@@ -7,6 +7,7 @@
 //! ```text
 //! source (ring | rtsp | demo) -> Feed: codec processor -> hub (fan-out) -+-> webrtc viewers
 //!                                                                          +-> recorder
+//!                                                                          +-> publish targets (SFU)
 //! ```
 //!
 //! Module map:
@@ -19,14 +20,18 @@
 //! - [`codec`]: Annex-B splitting and the H.264 processor (SPS parsing, SPS/PPS
 //!   cache, IDR rules).
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
-//! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
+//! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send);
+//!   [`rtp`]: payload formats, the shared packet cache, per-receiver headers.
 //! - [`recorder`]: raw `.h264` files on their own thread.
+//! - [`publish`]: a path relayed to SFUs: WHIP ([`publish::whip`]) and
+//!   RTP/SRTP ([`publish::rtp`]) targets, supervised with backoff.
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
-//! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
+//! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks, from
+//!   this server or through Janus.
 //! - [`systemd`]: sd_notify readiness and a watchdog fed by the media threads.
-//! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`]:
-//!   shared leaves that know nothing of video.
+//! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`],
+//!   [`backoff`], [`random`]: shared leaves that know nothing of video.
 
 pub mod abi;
 pub mod backoff;

@@ -4,7 +4,7 @@ tests/publish_whip.rs: it answers WHIP offers, receives the video track and
 reports what arrived.
 
     whip_endpoint.py --port 0 --record-dir DIR [--token T] [--host 127.0.0.1]
-                     [--drop-every N]
+                     [--drop-every N] [--no-decode]
 
 Prints "listening on HOST:PORT" once it serves. Routes:
 
@@ -39,6 +39,7 @@ import sys
 import uuid
 
 import aioice.ice
+import aiortc.codecs.h264
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -187,9 +188,12 @@ async def main():
     parser.add_argument("--token")
     parser.add_argument("--record-dir", required=True)
     parser.add_argument("--drop-every", type=int, default=0)
+    parser.add_argument("--no-decode", action="store_true")
     args = parser.parse_args()
     host = args.host
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [host]
+    if args.no_decode:
+        aiortc.codecs.h264.H264Decoder.decode = lambda self, encoded_frame: []
 
     app = web.Application()
     app["args"] = args

@@ -126,169 +126,207 @@ pub(crate) async fn run(target: &WhipTarget, cx: &Context) -> Result<(), String>
     let pc = peer::build(&cx.webrtc, &cx.next_port, parameters, handler)
         .await
         .map_err(|e| format!("peer connection: {}", e.why))?;
-    let http = Http::new(target.token.clone());
-    let mut resource = None;
     let ssrc = crate::random::random_u32();
-    let track = peer::track(ssrc, rtp_codec);
-    let result =
-        session(cx, &http, &target.endpoint, &pc, codec, &track, ssrc, state_rx, gathered, &mut resource).await;
+    let session =
+        Session { cx, http: Http::new(target.token.clone()), track: peer::track(ssrc, rtp_codec), pc, codec, ssrc };
+    let mut resource = None;
+    let result = session.run(&target.endpoint, state_rx, gathered, &mut resource).await;
     if let Some(resource) = resource {
         let limit = if cx.shutdown.is_triggered() { super::STOP_TIMEOUT } else { DELETE_TIMEOUT };
-        match tokio::time::timeout(limit, http.delete(resource)).await {
+        match tokio::time::timeout(limit, session.http.delete(resource)).await {
             Ok(Ok(())) => log::info!("publish: {}: session deleted", cx.status.label),
             Ok(Err(e)) => log::debug!("publish: {}: DELETE: {e}", cx.status.label),
             Err(_) => log::debug!("publish: {}: DELETE timed out", cx.status.label),
         }
     }
-    peer::close(&pc).await;
+    peer::close(&session.pc).await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    cx: &Context,
-    http: &Http,
-    endpoint: &url::Url,
-    pc: &Arc<dyn PeerConnection>,
+/// One WHIP session's parts.
+struct Session<'a> {
+    cx: &'a Context,
+    http: Http,
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
     codec: Codec,
-    track: &Arc<TrackLocalStaticRTP>,
     ssrc: u32,
-    mut state_rx: watch::Receiver<RTCPeerConnectionState>,
-    mut gathered: watch::Receiver<bool>,
-    resource: &mut Option<url::Url>,
-) -> Result<(), String> {
-    let webrtc_error = |what: &'static str| move |e: webrtc::error::Error| format!("{what}: {e}");
-    let init = RTCRtpTransceiverInit {
-        direction: RTCRtpTransceiverDirection::Sendonly,
-        streams: Vec::new(),
-        send_encodings: Vec::new(),
-    };
-    let transceiver = pc
-        .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(init))
-        .await
-        .map_err(webrtc_error("add_transceiver"))?;
-    let offer = pc.create_offer(None).await.map_err(webrtc_error("create_offer"))?;
-    pc.set_local_description(offer).await.map_err(webrtc_error("set_local_description"))?;
-    if tokio::time::timeout(crate::webrtc::GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await.is_err() {
-        log::debug!("publish: {}: ICE gathering not complete; offering what we have", cx.status.label);
-    }
-    let offer = pc.local_description().await.ok_or("no local description")?.sdp;
-
-    let created = tokio::select! {
-        _ = cx.shutdown.wait() => return Ok(()),
-        created = http.post_offer(endpoint.clone(), offer) => created?,
-    };
-    *resource = created.resource;
-    if resource.is_none() {
-        log::warn!(
-            "publish: {}: the endpoint's answer has no Location: the session cannot be deleted",
-            cx.status.label
-        );
-    }
-    let answer =
-        RTCSessionDescription::answer(created.answer).map_err(|e| format!("the endpoint's answer is not SDP: {e}"))?;
-    pc.set_remote_description(answer).await.map_err(|e| format!("the endpoint's answer: {e}"))?;
-    let sender = transceiver.sender().await.ok().flatten().ok_or("no sender")?;
-    let dtls = sender.transport().await.ok().flatten();
-    let (payload_type, abs_capture_id) = match sender.get_parameters().await {
-        Ok(parameters) => {
-            let rtp = &parameters.rtp_parameters;
-            let id = rtp.header_extensions.iter().find(|e| e.uri == crate::webrtc::ABS_CAPTURE_TIME_URI).map(|e| e.id);
-            (rtp.codecs.first().map_or(OFFER_PAYLOAD_TYPE, |c| c.payload_type), id)
-        }
-        Err(_) => (OFFER_PAYLOAD_TYPE, None),
-    };
-
-    tokio::select! {
-        _ = cx.shutdown.wait() => return Ok(()),
-        result = tokio::time::timeout(crate::webrtc::CONNECT_TIMEOUT, peer::connected(&mut state_rx)) => match result {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return Err(format!("the endpoint answered, but {why}")),
-            Err(_) => return Err(format!("the endpoint answered, but ICE/DTLS did not connect within {:?}", crate::webrtc::CONNECT_TIMEOUT)),
-        },
-    }
-    cx.publishing();
-    log::info!(
-        "publish: {} -> {}: publishing {codec} over WHIP (payload type {payload_type})",
-        cx.stream.name,
-        cx.status.label
-    );
-
-    let feedback = Feedback::spawn(track.clone(), ssrc, cx.status.metrics.keyframe_requests.clone(), None);
-    let result = send_loop(cx, codec, track, ssrc, payload_type, abs_capture_id, dtls, state_rx, feedback).await;
-    result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_loop(
-    cx: &Context,
-    codec: Codec,
-    track: &TrackLocalStaticRTP,
-    ssrc: u32,
+/// What the answer settled.
+struct Negotiated {
     payload_type: u8,
-    abs_capture_id: Option<u16>,
+    /// The abs-capture-time extension id, when the endpoint accepted it.
+    abs_capture_id: Option<u8>,
+    /// Polled for the endpoint's DTLS close_notify.
     dtls: Option<Arc<dyn DtlsTransport>>,
-    mut state_rx: watch::Receiver<RTCPeerConnectionState>,
-    mut feedback: Feedback,
-) -> Result<(), String> {
-    let mut subscription = cx.subscribe();
-    let mut stamp = Stamp::new(ssrc, payload_type, subscription.backlog);
-    stamp.abs_capture_id = abs_capture_id.and_then(|id| u8::try_from(id).ok()).filter(|id| (1..=14).contains(id));
-    let mut gate = KeyframeGate::new();
-    let mut close_poll = tokio::time::interval(crate::webrtc::CLOSE_POLL);
-    close_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut quality_shown = std::time::Instant::now();
-    loop {
+}
+
+impl Session<'_> {
+    /// Offer, answer, connect, then send until shutdown or failure. Sets
+    /// `resource` as soon as the endpoint created one (for the `DELETE`).
+    async fn run(
+        &self,
+        endpoint: &url::Url,
+        mut state_rx: watch::Receiver<RTCPeerConnectionState>,
+        gathered: watch::Receiver<bool>,
+        resource: &mut Option<url::Url>,
+    ) -> Result<(), String> {
+        let cx = self.cx;
+        let Some(negotiated) = self.negotiate(endpoint, gathered, resource).await? else { return Ok(()) };
         tokio::select! {
-            biased;
             _ = cx.shutdown.wait() => return Ok(()),
-            changed = state_rx.changed() => {
-                if changed.is_err() {
-                    return Err("the peer connection went away".into());
+            result = tokio::time::timeout(crate::webrtc::CONNECT_TIMEOUT, peer::connected(&mut state_rx)) => match result {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return Err(format!("the endpoint answered, but {why}")),
+                Err(_) => {
+                    let limit = crate::webrtc::CONNECT_TIMEOUT;
+                    return Err(format!("the endpoint answered, but ICE/DTLS did not connect within {limit:?}"));
                 }
-                match *state_rx.borrow_and_update() {
-                    RTCPeerConnectionState::Failed => {
-                        return Err("the endpoint went silent (no ICE consent for about 5 s)".into())
-                    }
-                    RTCPeerConnectionState::Closed => return Err("the connection closed".into()),
-                    _ => {}
-                }
+            },
+        }
+        cx.publishing();
+        log::info!(
+            "publish: {} -> {}: publishing {} over WHIP (payload type {})",
+            cx.stream.name,
+            cx.status.label,
+            self.codec,
+            negotiated.payload_type
+        );
+        let feedback =
+            Feedback::spawn(self.track.clone(), self.ssrc, cx.status.metrics.keyframe_requests.clone(), None);
+        self.send(&negotiated, state_rx, feedback).await
+    }
+
+    /// The offer (once gathering is complete), its POST, the answer. None
+    /// if shutdown came first.
+    async fn negotiate(
+        &self,
+        endpoint: &url::Url,
+        mut gathered: watch::Receiver<bool>,
+        resource: &mut Option<url::Url>,
+    ) -> Result<Option<Negotiated>, String> {
+        let (cx, pc) = (self.cx, &self.pc);
+        let webrtc_error = |what: &'static str| move |e: webrtc::error::Error| format!("{what}: {e}");
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: Vec::new(),
+            send_encodings: Vec::new(),
+        };
+        let transceiver = pc
+            .add_transceiver_from_track(self.track.clone() as Arc<dyn TrackLocal>, Some(init))
+            .await
+            .map_err(webrtc_error("add_transceiver"))?;
+        let offer = pc.create_offer(None).await.map_err(webrtc_error("create_offer"))?;
+        pc.set_local_description(offer).await.map_err(webrtc_error("set_local_description"))?;
+        if tokio::time::timeout(crate::webrtc::GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await.is_err() {
+            log::debug!("publish: {}: ICE gathering not complete; offering what we have", cx.status.label);
+        }
+        let offer = pc.local_description().await.ok_or("no local description")?.sdp;
+
+        let created = tokio::select! {
+            _ = cx.shutdown.wait() => return Ok(None),
+            created = self.http.post_offer(endpoint.clone(), offer) => created?,
+        };
+        *resource = created.resource;
+        if resource.is_none() {
+            log::warn!(
+                "publish: {}: the endpoint's answer has no Location: the session cannot be deleted",
+                cx.status.label
+            );
+        }
+        let answer_sdp = created.answer;
+        let answer = RTCSessionDescription::answer(answer_sdp.clone())
+            .map_err(|e| format!("the endpoint's answer is not SDP: {e}"))?;
+        pc.set_remote_description(answer).await.map_err(|e| format!("the endpoint's answer: {e}"))?;
+        let sender = transceiver.sender().await.ok().flatten().ok_or("no sender")?;
+        let dtls = sender.transport().await.ok().flatten();
+        let (payload_type, abs_capture_id) = match sender.get_parameters().await {
+            Ok(parameters) => {
+                let rtp = &parameters.rtp_parameters;
+                let uri = crate::webrtc::ABS_CAPTURE_TIME_URI;
+                let id = rtp.header_extensions.iter().find(|e| e.uri == uri).map(|e| e.id);
+                (rtp.codecs.first().map_or(OFFER_PAYLOAD_TYPE, |c| c.payload_type), id)
             }
-            Some(()) = feedback.goodbye.recv() => return Err("the endpoint ended the session (RTCP BYE)".into()),
-            _ = close_poll.tick(), if dtls.is_some() => {
-                if let Some(dtls) = &dtls {
-                    if matches!(dtls.state().await, Ok(RTCDtlsTransportState::Closed)) {
-                        return Err("the endpoint closed the session (DTLS close_notify)".into());
+            Err(_) => (OFFER_PAYLOAD_TYPE, None),
+        };
+        // Sent only with an id the answer has too, in a one-byte header.
+        let abs_capture_id =
+            abs_capture_id.and_then(|id| u8::try_from(id).ok()).filter(|id| (1..=14).contains(id)).filter(|id| {
+                crate::webrtc::negotiate::extmap_id(&answer_sdp, crate::webrtc::ABS_CAPTURE_TIME_URI) == Some(*id)
+            });
+        Ok(Some(Negotiated { payload_type, abs_capture_id, dtls }))
+    }
+
+    /// Frames from the GOP cache, then live, until shutdown (Ok) or until
+    /// the session fails (Err).
+    async fn send(
+        &self,
+        negotiated: &Negotiated,
+        mut state_rx: watch::Receiver<RTCPeerConnectionState>,
+        mut feedback: Feedback,
+    ) -> Result<(), String> {
+        let cx = self.cx;
+        let mut subscription = cx.subscribe();
+        let mut stamp = Stamp::new(self.ssrc, negotiated.payload_type, subscription.backlog);
+        stamp.abs_capture_id = negotiated.abs_capture_id;
+        let mut gate = KeyframeGate::new();
+        let mut poll = tokio::time::interval(crate::webrtc::CLOSE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut quality_shown = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cx.shutdown.wait() => return Ok(()),
+                changed = state_rx.changed() => {
+                    if changed.is_err() {
+                        return Err("the peer connection went away".into());
+                    }
+                    match *state_rx.borrow_and_update() {
+                        RTCPeerConnectionState::Failed => {
+                            return Err("the endpoint went silent (no ICE consent for about 5 s)".into())
+                        }
+                        RTCPeerConnectionState::Closed => return Err("the connection closed".into()),
+                        _ => {}
                     }
                 }
-                if quality_shown.elapsed() >= Duration::from_secs(1) {
-                    quality_shown = std::time::Instant::now();
-                    let quality = feedback.quality();
-                    if quality.reports > 0 {
-                        cx.status.set_quality(Some(quality.rtt_ms).filter(|r| *r > 0.0), Some(quality.lost));
+                Some(()) = feedback.goodbye.recv() => return Err("the endpoint ended the session (RTCP BYE)".into()),
+                _ = poll.tick() => {
+                    if let Some(dtls) = &negotiated.dtls {
+                        if matches!(dtls.state().await, Ok(RTCDtlsTransportState::Closed)) {
+                            return Err("the endpoint closed the session (DTLS close_notify)".into());
+                        }
+                    }
+                    if quality_shown.elapsed() >= Duration::from_secs(1) {
+                        quality_shown = std::time::Instant::now();
+                        let quality = feedback.quality();
+                        if quality.reports > 0 {
+                            cx.status.set_quality(Some(quality.rtt_ms).filter(|r| *r > 0.0), Some(quality.lost));
+                        }
                     }
                 }
-            }
-            Some(()) = feedback.keyframe_requests.recv() => {
-                if gate.allow(&cx.stream) {
-                    drop(subscription);
-                    subscription = cx.subscribe();
-                    stamp.catchup = subscription.backlog;
-                    log::debug!("publish: {}: keyframe request: restarting from the cached keyframe", cx.status.label);
+                Some(()) = feedback.keyframe_requests.recv() => {
+                    if gate.allow(&cx.stream) {
+                        drop(subscription);
+                        subscription = cx.subscribe();
+                        stamp.catchup = subscription.backlog;
+                        log::debug!("publish: {}: keyframe request: restarting from the cached keyframe", cx.status.label);
+                    }
                 }
-            }
-            frame = subscription.frames.recv_async() => {
-                let Ok(au) = frame else { return Err("the hub went away".into()) };
-                if au.codec != codec {
-                    return Err(format!("the stream's codec changed to {}: starting a new session", au.codec));
-                }
-                let packets = cx.stream.packets.get(&au);
-                let capture_ntp = stamp.abs_capture_id.and_then(|_| crate::clock::ntp_of_monotonic(au.capture_time));
-                let sent = peer::write_frame(track, &mut stamp, &packets, capture_ntp).await?;
-                cx.sent(sent.packets, sent.bytes);
-                if stamp.catchup > 0 {
-                    // Pace the cached GOP, as for viewers.
-                    tokio::time::sleep(peer::CATCHUP_PACE).await;
+                frame = subscription.frames.recv_async() => {
+                    let Ok(au) = frame else { return Err("the hub went away".into()) };
+                    if au.codec != self.codec {
+                        return Err(format!("the stream's codec changed to {}: starting a new session", au.codec));
+                    }
+                    let packets = cx.stream.packets.get(&au);
+                    let capture_ntp =
+                        stamp.abs_capture_id.and_then(|_| crate::clock::ntp_of_monotonic(au.capture_time));
+                    let sent = peer::write_frame(&self.track, &mut stamp, &packets, capture_ntp).await?;
+                    cx.sent(sent.packets, sent.bytes);
+                    if stamp.catchup > 0 {
+                        // Pace the cached GOP, as for viewers.
+                        tokio::time::sleep(peer::CATCHUP_PACE).await;
+                    }
                 }
             }
         }
