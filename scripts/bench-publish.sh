@@ -18,17 +18,20 @@
 #
 #   scripts/bench-publish.sh [--bin PATH] [--clip FILE] [--seconds 20]
 #                            [--targets "1 10"] [--viewers 20] [--no-build]
+#                            [--steps "direct rtp srtp whip janus"]
 #
 # Defaults: target/release/streaming-server (built first, $CARGO_TARGET_DIR
 # honoured), the 1080p30 ~6 Mbit/s clip scripts/bench.sh makes (made here with
-# ffmpeg when missing), 20 s per step.
+# ffmpeg when missing), 20 s per step. aiortc takes H.264 Constrained Baseline
+# only, so the WHIP step plays the same picture encoded that way (made here
+# once) from a second fake camera.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
-bin="" clip="" seconds=20 targets="1 10" viewers=20 build=1
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+bin="" clip="" seconds=20 targets="1 10" viewers=20 build=1 steps="direct rtp srtp whip janus"
 while [ $# -gt 0 ]; do
     case "$1" in
     --bin) bin=${2:?}; build=0; shift ;;
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
     --targets) targets=${2:?}; shift ;;
     --viewers) viewers=${2:?}; shift ;;
     --no-build) build=0 ;;
+    --steps) steps=${2:?}; shift ;;
     -h | --help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage ;;
     esac
@@ -57,6 +61,8 @@ if [ -z "$clip" ]; then
             -pix_fmt yuv420p -x264-params aud=1 "$clip"
     fi
 fi
+
+wants() { case " $steps " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 work=$(mktemp -d)
 shm=/ss_bench_publish_$$
@@ -79,7 +85,7 @@ free_udp_port() { python3 -c 'import socket; s = socket.socket(socket.AF_INET, s
 
 # Starts the server with extra flags; sets $server and $url.
 start_server() {
-    "$bin" -shm "$shm" -http 127.0.0.1:0 -metrics "" -pprof "" -webrtc-ip 127.0.0.1 -max-clients 64 \
+    "$bin" -shm "${server_shm:-$shm}" -http 127.0.0.1:0 -metrics "" -pprof "" -webrtc-ip 127.0.0.1 -max-clients 64 \
         -record-path "$work/recordings" "$@" 2>"$work/server.log" &
     server=$!
     pids+=($server)
@@ -103,6 +109,17 @@ sample() {
     awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", d / hz / s * 100}'
 }
 # Frames sent to each publish target over the step, from /paths.
+# What the load client's viewers got, for the notes column.
+load_notes() {
+    python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+first = r["first_keyframe_max_ms"]
+late = sum(v["late"] for v in r["per_viewer"])
+print(f"{r['connected']}/{r['viewers']} viewers, min_fps {r['min_fps']:.1f}, lost {r['lost']} (late {late}), "
+      f"first keyframe max {first if first is None else round(first)} ms")
+PY
+}
 publish_frames() {
     curl -fs "$url/paths" | python3 -c 'import json, sys; print(" ".join(str(t["frames_sent"]) for t in json.load(sys.stdin)["paths"][0]["publish"]))'
 }
@@ -121,7 +138,7 @@ stop_server
 per() { awk -v c="$1" -v b="$idle" -v n="$2" 'BEGIN {printf "%.2f", (c - b) / n}'; }
 
 # Direct WebRTC viewers, for comparison on the same machine and minute.
-for n in 10 "$viewers"; do
+wants direct && for n in 10 "$viewers"; do
     start_server
     join_s=$(awk -v n="$n" 'BEGIN {print n * 0.037 + 2}')
     "$bin" -log-level error load-client -url "$url" -viewers "$n" \
@@ -131,7 +148,7 @@ for n in 10 "$viewers"; do
     cpu=$(sample "$server")
     rss=$(rss_mb "$server")
     wait "$load" || true
-    notes=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(f"min_fps {r[\"min_fps\"]:.1f}, lost {r[\"lost\"]}")' "$work/direct_$n.json")
+    notes=$(load_notes "$work/direct_$n.json")
     row "$n viewers (direct)" "$cpu" "$(per "$cpu" "$n")" "$rss" "$notes"
     stop_server
 done
@@ -139,6 +156,7 @@ done
 # RTP and SRTP targets to bound, never-read UDP ports.
 key=$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(30)).decode())')
 for kind in rtp srtp; do
+    wants "$kind" || continue
     for n in $targets; do
         ports=()
         args=()
@@ -173,7 +191,26 @@ done
 
 # WHIP targets to aiortc endpoints (decoding off), when the venv has aiortc.
 python=$root/.venv/bin/python
-if [ -x "$python" ] && "$python" -c 'import aiortc' 2>/dev/null; then
+if ! wants whip; then
+    :
+elif [ -x "$python" ] && "$python" -c 'import aiortc' 2>/dev/null; then
+    baseline=${clip%.h264}_baseline.h264
+    if [ ! -s "$baseline" ]; then
+        echo "making $baseline with ffmpeg (once)..." >&2
+        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
+            -c:v libx264 -profile:v baseline -preset veryfast -tune zerolatency \
+            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
+            -pix_fmt yuv420p -x264-params aud=1 "$baseline"
+    fi
+    "$bin" fake-camera -shm "${shm}_baseline" -file "$baseline" -fps 30 2>"$work/camera_baseline.log" &
+    pids+=($!)
+    sleep 1
+    server_shm=${shm}_baseline
+    start_server
+    sleep 3
+    idle_baseline=$(sample "$server")
+    stop_server
+    row "idle (baseline clip)" "$idle_baseline" - - ""
     for n in 1 2; do
         args=()
         endpoints=()
@@ -195,17 +232,20 @@ if [ -x "$python" ] && "$python" -c 'import aiortc' 2>/dev/null; then
         after=$(publish_frames)
         rss=$(rss_mb "$server")
         frames=$(python3 -c 'import sys; b, a = sys.argv[1].split(), sys.argv[2].split(); print(min(int(y) - int(x) for x, y in zip(b, a)))' "$before" "$after")
-        row "$n whip targets (aiortc)" "$cpu" "$(per "$cpu" "$n")" "$rss" "each target sent >= $frames frames"
+        row "$n whip targets (aiortc)" "$cpu" "$(awk -v c="$cpu" -v b="$idle_baseline" -v n="$n" 'BEGIN {printf "%.2f", (c - b) / n}')" "$rss" "each target sent >= $frames frames (baseline clip)"
         stop_server
         for pid in "${endpoints[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
         for i in $(seq "$n"); do rm -rf "$work/whip_$i"; done
     done
+    server_shm=""
 else
     echo "(no aiortc in $python: WHIP step skipped; scripts/test.sh installs it)"
 fi
 
 # One rtp target to Janus, $viewers viewers through Janus.
-if command -v janus >/dev/null; then
+if ! wants janus; then
+    :
+elif command -v janus >/dev/null; then
     lib=$(dirname "$(dirname "$(find /usr/lib -name libjanus_streaming.so -print -quit)")")
     jdir=$work/janus
     mkdir -p "$jdir"
@@ -214,7 +254,7 @@ if command -v janus >/dev/null; then
     skip() { (cd "$lib/$1" && ls ./*.so | sed 's|^\./||' | grep -v "^$2\$" | paste -sd, -); }
     cat >"$jdir/janus.jcfg" <<EOF
 general: { configs_folder = "$jdir", plugins_folder = "$lib/plugins", transports_folder = "$lib/transports",
-  events_folder = "$lib/events", loggers_folder = "$lib/loggers", debug_level = 3 }
+  events_folder = "$lib/events", loggers_folder = "$lib/loggers", debug_level = 4 }
 media: { rtp_port_range = "20000-60000" }
 plugins: { disable = "$(skip plugins libjanus_streaming.so)" }
 transports: { disable = "$(skip transports libjanus_http.so)" }
@@ -234,7 +274,9 @@ EOF
     janus_pid=$!
     pids+=($janus_pid)
     for _ in $(seq 100); do grep -q "HTTP webserver started" "$work/janus.log" && break; sleep 0.1; done
-    media_ip=$(grep -o 'Using [0-9a-f.:]* as local IP' "$work/janus.log" | awk '{print $2}')
+    # libnice never offers loopback: viewers use the address Janus announces.
+    media_ip=$(grep -o 'Using [0-9a-f.:]* as local IP' "$work/janus.log" | awk '{print $2}' || true)
+    [ -n "$media_ip" ] || { echo "Janus did not start:" >&2; tail -20 "$work/janus.log" >&2; exit 1; }
     start_server -publish "rtp://127.0.0.1:$rtp?pt=96&rtcpport=$rtcp"
     join_s=$(awk -v n="$viewers" 'BEGIN {print n * 0.15 + 3}')
     "$bin" -log-level error load-client -url "http://127.0.0.1:$http/janus" -janus-mountpoint 1 \
@@ -248,7 +290,7 @@ EOF
     rss=$(rss_mb "$server")
     janus_cpu=$(awk -v d=$((j1 - j0)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", d / hz / s * 100}')
     wait "$load" || true
-    notes=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(f"janus {sys.argv[2]}%, {r[\"connected\"]}/{r[\"viewers\"]} viewers, min_fps {r[\"min_fps\"]:.1f}, lost {r[\"lost\"]}")' "$work/janus_load.json" "$janus_cpu")
+    notes="janus ${janus_cpu}%, $(load_notes "$work/janus_load.json")"
     row "janus + $viewers viewers" "$cpu" - "$rss" "$notes; board: 1 stream out, $(curl -fs "$url/health" | python3 -c 'import json, sys; print(json.load(sys.stdin)["webrtc_clients"])') viewers of its own"
     stop_server
 else
