@@ -256,11 +256,21 @@ struct PathEntry {
 
 /// One entry of a path's `publish:` list: a URL, or a map with the URL and
 /// a bearer token (`token:` or `tokenFile:`) for a WHIP endpoint.
-#[derive(Debug)]
 struct PublishEntry {
     url: String,
     token: Option<String>,
     token_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for PublishEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token, a stream key in the URL or an SRTP key.
+        f.debug_struct("PublishEntry")
+            .field("url", &crate::publish::redact(&self.url))
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -267,7 +267,7 @@ impl TargetStatus {
         self.lock().publishing_since.map_or(Duration::ZERO, |since| since.elapsed())
     }
 
-    /// A session failed (counted) or a send failed; shown until replaced.
+    /// A session failed; shown until the next error replaces it.
     fn set_error(&self, error: &str) {
         self.lock().last_error = Some((error.to_string(), Instant::now()));
     }
