@@ -3,9 +3,10 @@
 //! camera: every RTP payload aiortc receives is checked byte for byte
 //! against the clip and aiortc decodes the frames; packets the endpoint drops
 //! come back when aiortc NACKs them; a PLI restarts the stream at the cached
-//! keyframe; the session is ended with DELETE when the server stops; a killed and restarted endpoint gets a new
-//! session; a wrong token shows as 401 in `/paths` while the good target
-//! publishes.
+//! keyframe; the session is ended with DELETE when the server stops; a
+//! killed and restarted endpoint gets a new session; a wrong token shows as
+//! 401 in `/paths` while the good target publishes; an HTTPS endpoint whose
+//! certificate no root vouches for is refused with the TLS error.
 
 mod common;
 mod control_support;
@@ -186,4 +187,29 @@ fn whip_reconnects_when_the_endpoint_is_killed_and_restarted_mid_stream() {
     assert_byte_exact(&second, &after_id);
     let log = server.proc.log();
     assert!(log.contains("publishing H.264 over WHIP"), "{log}");
+}
+
+#[test]
+fn an_https_endpoint_is_verified_with_tls() {
+    let Some(python) = python_with_aiortc() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // HTTPS with a self-signed certificate: the handshake happens (rustls)
+    // and fails verification, which is what an operator must see.
+    let endpoint = WhipEndpoint::start_with(&python, 0, None, dir.path(), &["--tls"]);
+    let url = format!("whip+https://127.0.0.1:{}/whip", endpoint.port);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let server = start_server(&[url], &token_file);
+    let target = wait_until(Duration::from_secs(10), || {
+        let t = targets(&server).remove(0);
+        t["last_error"].is_string().then_some(t)
+    })
+    .unwrap_or_else(|| panic!("{:?}", targets(&server)));
+    assert!(target["last_error"].as_str().unwrap().contains("invalid peer certificate"), "{target:?}");
+    assert_eq!(target["state"], "retrying", "{target:?}");
+    // The endpoint makes a recording per offer it takes: none came through.
+    let offers = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "rtp")));
+    assert_eq!(offers.count(), 0, "nothing was sent before the certificate was checked");
 }

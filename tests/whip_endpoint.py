@@ -4,7 +4,7 @@ tests/publish_whip.rs: it answers WHIP offers, receives the video track and
 reports what arrived.
 
     whip_endpoint.py --port 0 --record-dir DIR [--token T] [--host 127.0.0.1]
-                     [--drop-every N] [--no-decode]
+                     [--drop-every N] [--no-decode] [--tls]
 
 Prints "listening on HOST:PORT" once it serves. Routes:
 
@@ -32,8 +32,10 @@ on --host only (aioice leaves loopback out by default).
 
 import argparse
 import asyncio
-import json
+import datetime
+import ipaddress
 import os
+import ssl
 import struct
 import sys
 import uuid
@@ -181,6 +183,42 @@ async def stats(request):
     return web.json_response({"sessions": out})
 
 
+def self_signed_context(directory):
+    """An SSL context with a fresh self-signed certificate for 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "whip-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
@@ -189,6 +227,7 @@ async def main():
     parser.add_argument("--record-dir", required=True)
     parser.add_argument("--drop-every", type=int, default=0)
     parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--tls", action="store_true")
     args = parser.parse_args()
     host = args.host
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [host]
@@ -203,7 +242,8 @@ async def main():
     app.router.add_get("/stats", stats)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
+    context = self_signed_context(args.record_dir) if args.tls else None
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     print(f"listening on {args.host}:{port}", flush=True)

@@ -436,18 +436,19 @@ fn http_error(method: &str, error: ureq::Error) -> String {
         }
         ureq::Error::Transport(transport) => {
             use std::error::Error as _;
-            // The innermost I/O error says it best ("connection refused").
-            let mut source = transport.source();
-            let mut io = None;
-            while let Some(error) = source {
-                if let Some(e) = error.downcast_ref::<std::io::Error>() {
-                    io = Some(e.kind());
-                }
-                source = error.source();
+            // The innermost error says it best: "connection refused", or
+            // rustls's "invalid peer certificate: UnknownIssuer".
+            let mut innermost: Option<&(dyn std::error::Error + 'static)> = transport.source();
+            while let Some(next) = innermost.and_then(|e| e.source()) {
+                innermost = Some(next);
             }
-            match (transport.kind(), io) {
+            let cause = innermost.map(|error| match error.downcast_ref::<std::io::Error>() {
+                Some(io) if io.raw_os_error().is_some() => io.kind().to_string(),
+                _ => error.to_string(),
+            });
+            match (transport.kind(), cause) {
                 (ureq::ErrorKind::Dns, _) => format!("unreachable: cannot resolve the host ({method})"),
-                (_, Some(kind)) => format!("unreachable: {kind} ({method})"),
+                (_, Some(cause)) => format!("unreachable: {cause} ({method})"),
                 (kind, None) => match transport.message() {
                     Some(message) => format!("{method}: {kind}: {message}"),
                     None => format!("{method}: {kind}"),
