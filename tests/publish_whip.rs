@@ -4,7 +4,7 @@
 //! against the clip and aiortc decodes the frames; packets the endpoint drops
 //! come back when aiortc NACKs them; a PLI restarts the stream at the cached
 //! keyframe; the session is ended with DELETE when the server stops; a
-//! killed and restarted endpoint gets a new session; a wrong token shows as
+//! killed and restarted endpoint gets a new session (reached through a 307); a wrong token shows as
 //! 401 in `/paths` while the good target publishes; an HTTPS endpoint whose
 //! certificate no root vouches for is refused with the TLS error.
 
@@ -160,7 +160,9 @@ fn whip_reconnects_when_the_endpoint_is_killed_and_restarted_mid_stream() {
     let port = first.port;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let server = start_server(&[first.url()], &token_file);
+    // Through a 307 to /whip, followed with the method and body kept.
+    let moved = format!("whip+http://127.0.0.1:{port}/moved");
+    let server = start_server(&[moved], &token_file);
     let before = wait_decoded(&first, 30, None);
     let before_id = before["id"].as_str().unwrap().to_string();
 

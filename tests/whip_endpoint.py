@@ -11,6 +11,7 @@ Prints "listening on HOST:PORT" once it serves. Routes:
 - POST /whip: an SDP offer (Content-Type application/sdp) -> 201 with the
   answer and Location /whip/session/<id>; 401 without the bearer token
   (when --token is given), 415 for another content type.
+- POST /moved: 307 to /whip (a load balancer sending the client on).
 - DELETE /whip/session/<id>: ends that session -> 200; 404 if unknown.
 - POST /whip/session/<id>/pli: aiortc sends the sender a PLI, as an SFU does
   when a subscriber needs a keyframe.
@@ -147,6 +148,10 @@ async def post_whip(request):
     )
 
 
+async def moved(request):
+    return web.Response(status=307, headers={"Location": "/whip"})
+
+
 async def delete_session(request):
     if not authorized(request, request.app["args"].token):
         return web.Response(status=401)
@@ -237,6 +242,7 @@ async def main():
     app = web.Application()
     app["args"] = args
     app.router.add_post("/whip", post_whip)
+    app.router.add_post("/moved", moved)
     app.router.add_delete("/whip/session/{id}", delete_session)
     app.router.add_post("/whip/session/{id}/pli", send_pli)
     app.router.add_get("/stats", stats)
