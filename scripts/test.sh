@@ -2,8 +2,9 @@
 # Runs every test of the project on a fresh Debian 12 machine with only the
 # Rust toolchain: installs what the tests need (ffmpeg for ffprobe, Chromium
 # and playwright-core for browser tests, GStreamer's RTSP server for RTSP
-# cameras, coturn for TURN, Flask in a venv), then runs the Rust test suite, rustfmt and
-# clippy. .ci/run runs exactly this script.
+# cameras, coturn for TURN, Janus for publishing to an SFU, Flask and aiortc
+# in a venv), then runs the Rust test suite, rustfmt and clippy. .ci/run runs
+# exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -25,6 +26,7 @@ need systemd-analyze systemd        # the unit file test
 need curl curl                      # scripts/flamegraph.sh, README examples, cross smoke run
 need turnserver coturn              # TURN relay for viewers without a path to the board
 need ip iproute2                    # network namespaces for the TURN test
+need janus janus                    # publish tests: Janus's streaming plugin as the SFU
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # RTSP cameras in the tests: GStreamer's RTSP server through Debian's own
 # Python (tests/rtsp_server.py runs under /usr/bin/python3, which has gi).
@@ -38,9 +40,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     retry as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
-echo "== Python venv with Flask (scripts/requirements.txt)"
+echo "== Python venv with Flask (scripts/requirements.txt) and aiortc (tests/requirements.txt)"
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-retry .venv/bin/pip install -q -r scripts/requirements.txt
+retry .venv/bin/pip install -q -r scripts/requirements.txt -r tests/requirements.txt
 export STREAMING_TEST_PYTHON="$root/.venv/bin/python"
 
 echo "== playwright-core for browser tests"

@@ -145,6 +145,15 @@ pub struct Args {
     /// describe the path `cam`.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Relay the path `cam` to an SFU or RTP receiver (repeatable):
+    /// whip+https://HOST/PATH, whip+http://..., rtp://HOST:PORT?pt=96 or
+    /// srtp://HOST:PORT?pt=96&key=BASE64.
+    #[arg(long = "publish", value_name = "URL")]
+    pub publish: Vec<String>,
+    /// File holding the bearer token for the -publish WHIP endpoints (its
+    /// first line).
+    #[arg(long = "publish-token-file")]
+    pub publish_token_file: Option<PathBuf>,
     /// Set by `parse`: a camera flag (-shm, -demo, -time-bits) was given on
     /// the command line (not just its default).
     #[arg(skip)]
@@ -235,6 +244,11 @@ pub struct LoadClientArgs {
     /// fail the run.
     #[arg(long)]
     pub verify: Option<PathBuf>,
+    /// Watch this mountpoint of a Janus streaming plugin instead of the
+    /// server: -url is then Janus's HTTP API (http://HOST:8088/janus);
+    /// Janus offers, each viewer answers.
+    #[arg(long = "janus-mountpoint")]
+    pub janus_mountpoint: Option<u64>,
 }
 
 impl FakeCameraArgs {
@@ -351,6 +365,13 @@ mod tests {
         let defaults = parse(["streaming-server", "-config", "a.yml", "-max-clients", "3"].map(OsString::from));
         assert!(!defaults.camera_flag_given);
         assert!(parse(["streaming-server", "-demo"].map(OsString::from)).camera_flag_given);
+    }
+
+    #[test]
+    fn publish_repeats() {
+        let a = args(&["streaming-server", "-publish", "rtp://h:5004", "-publish=whip+http://h/w"]);
+        assert_eq!(a.publish, ["rtp://h:5004", "whip+http://h/w"]);
+        assert!(args(&["streaming-server"]).publish.is_empty());
     }
 
     #[test]

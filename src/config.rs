@@ -28,6 +28,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::abi::TimeBits;
 use crate::codec::Codec;
+use crate::publish::PublishConfig;
 
 /// Top-level routes a path name may not take (`/NAME/...` would hide them).
 pub const RESERVED_NAMES: &[&str] = &[
@@ -134,6 +135,9 @@ pub struct PathConfig {
     pub fallback: Option<String>,
     /// TURN servers for this path's viewers; `None`: the `-turn` flags'.
     pub turn: Option<Vec<crate::turn::TurnServer>>,
+    /// Where the stream is relayed to (WHIP, RTP, SRTP), see
+    /// [`crate::publish`].
+    pub publish: Vec<PublishConfig>,
 }
 
 /// A configuration error: where, and what.
@@ -177,6 +181,8 @@ pub struct FlagDefaults {
     pub record_max_bytes: Option<u64>,
     pub record_min_free: Option<u64>,
     pub max_clients: usize,
+    /// `-publish` targets: published from the path `cam`.
+    pub publish: Vec<PublishConfig>,
 }
 
 impl FlagDefaults {
@@ -196,6 +202,7 @@ impl FlagDefaults {
             max_clients: self.max_clients,
             fallback: None,
             turn: None,
+            publish: self.publish.clone(),
         }
     }
 
@@ -280,6 +287,8 @@ struct PathEntry {
     fallback: Option<String>,
     #[serde(default)]
     turn: Option<Vec<TurnEntry>>,
+    #[serde(default)]
+    publish: Vec<PublishEntry>,
 }
 
 /// One TURN server of a path: `url` and a `user`/`pass` or the server's
@@ -326,6 +335,69 @@ fn parse_turn(entries: &[TurnEntry]) -> Result<Vec<crate::turn::TurnServer>, Str
             .map_err(fail)
         })
         .collect()
+}
+
+/// One entry of a path's `publish:` list: a URL, or a map with the URL and
+/// a bearer token (`token:` or `tokenFile:`) for a WHIP endpoint.
+struct PublishEntry {
+    url: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for PublishEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token, a stream key in the URL or an SRTP key.
+        f.debug_struct("PublishEntry")
+            .field("url", &crate::publish::redact(&self.url))
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PublishMap {
+    url: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for PublishEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PublishEntry, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = PublishEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a target URL, or a map with url: (and token: or tokenFile:)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<PublishEntry, E> {
+                Ok(PublishEntry { url: url.to_string(), token: None, token_file: None })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<PublishEntry, A::Error> {
+                // Through the derived map type, so unknown keys are named.
+                let map = PublishMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PublishEntry { url: map.url, token: map.token, token_file: map.token_file })
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+/// The first line of a token file, trimmed.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(format!("{}: no token on its first line", path.display()));
+    }
+    Ok(token)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,6 +467,15 @@ pub fn load(file: Option<&Path>, flags: &FlagDefaults) -> Result<Config, ConfigE
             ));
         }
         paths.insert(0, flags.legacy_path());
+    } else if !flags.publish.is_empty() {
+        let Some(cam) = paths.iter_mut().find(|p| p.name == LEGACY_PATH) else {
+            return Err(error(
+                None,
+                None,
+                "-publish relays the path cam, which the file does not define (use publish: on a path)".into(),
+            ));
+        };
+        cam.publish.extend(flags.publish.iter().cloned());
     }
     if paths.is_empty() {
         return Err(error(None, None, "no paths: add a `paths:` map (or a camera flag such as -shm)".into()));
@@ -460,6 +541,19 @@ pub fn parse_file(text: &str, flags: &FlagDefaults) -> Result<Config, ParseError
         if entry.max_clients == Some(0) {
             return Err(fail("maxClients must be at least 1".into()));
         }
+        let mut publish = Vec::with_capacity(entry.publish.len());
+        for (index, target) in entry.publish.iter().enumerate() {
+            let token = match (&target.token, &target.token_file) {
+                (Some(_), Some(_)) => return Err(fail(format!("publish[{index}]: token or tokenFile, not both"))),
+                (Some(token), None) => Some(token.clone()),
+                (None, Some(file)) => {
+                    Some(read_token_file(file).map_err(|e| fail(format!("publish[{index}]: tokenFile {e}")))?)
+                }
+                (None, None) => None,
+            };
+            publish
+                .push(crate::publish::parse(&target.url, token).map_err(|e| fail(format!("publish[{index}]: {e}")))?);
+        }
         out.push(PathConfig {
             name: name.clone(),
             source,
@@ -469,6 +563,7 @@ pub fn parse_file(text: &str, flags: &FlagDefaults) -> Result<Config, ParseError
             max_clients: entry.max_clients.unwrap_or(flags.max_clients),
             fallback: entry.fallback.clone(),
             turn: entry.turn.as_deref().map(parse_turn).transpose().map_err(&fail)?,
+            publish,
         });
     }
     // A fallback names another path that exists.
@@ -605,6 +700,7 @@ mod tests {
             record_max_bytes: None,
             record_min_free: None,
             max_clients: 10,
+            publish: Vec::new(),
         }
     }
 
@@ -735,6 +831,62 @@ paths:
             assert_eq!(got_line, Some(line), "{text:?}: {message}");
             assert!(message.contains(needle), "{text:?}: {message}");
         }
+    }
+
+    #[test]
+    fn publish_lists_take_urls_and_maps_with_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "from-file\nignored\n").unwrap();
+        let text = format!(
+            "paths:\n  cam:\n    source: demo\n    publish:\n      - rtp://127.0.0.1:5004?pt=96\n      \
+             - url: whip+https://sfu.example/whip/room\n        token: inline\n      \
+             - url: whip+http://127.0.0.1:8080/whip\n        tokenFile: {}\n",
+            token_file.display()
+        );
+        let paths = parse(&text, &flags()).unwrap();
+        let publish = &paths[0].publish;
+        assert_eq!(publish.len(), 3);
+        assert_eq!(publish[0].kind(), "rtp");
+        let token = |i: usize| match &publish[i].target {
+            crate::publish::Target::Whip(w) => w.token.clone(),
+            _ => None,
+        };
+        assert_eq!((token(1).as_deref(), token(2).as_deref()), (Some("inline"), Some("from-file")));
+        assert!(!format!("{paths:?}").contains("inline"), "tokens never show in Debug");
+
+        let cases = [
+            ("paths:\n  cam:\n    source: demo\n    publish:\n      - ftp://x\n", 2, "publish[0]: "),
+            ("paths:\n  cam:\n    source: demo\n    publish:\n      - rtp://h:1\n      - srtp://h:2\n", 2, "publish[1]"),
+            ("paths:\n  cam:\n    source: demo\n    publish:\n      - url: rtp://h:1\n        colour: red\n", 6, "colour"),
+            ("paths:\n  cam:\n    source: demo\n    publish:\n      - url: rtp://h:1\n        token: t\n", 2, "whip"),
+            ("paths:\n  cam:\n    source: demo\n    publish:\n      - url: whip+http://h/w\n        token: t\n        tokenFile: /x\n", 2, "not both"),
+            ("paths:\n  cam:\n    source: demo\n    publish:\n      - url: whip+http://h/w\n        tokenFile: /nonexistent/t\n", 2, "tokenFile"),
+        ];
+        for (text, line, needle) in cases {
+            let (got_line, path, message) = parse(text, &flags()).unwrap_err();
+            assert_eq!(got_line, Some(line), "{text:?}: {message}");
+            assert!(message.contains(needle), "{text:?}: {message}");
+            assert!(path.is_some() || needle == "colour", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn publish_flags_relay_cam() {
+        let mut with_publish = flags();
+        with_publish.publish = vec![crate::publish::parse("rtp://127.0.0.1:5004", None).unwrap()];
+        assert_eq!(load(None, &with_publish).unwrap().paths[0].publish.len(), 1, "the legacy cam");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("streams.yml");
+        std::fs::write(&file, "paths:\n  cam:\n    source: demo\n    publish:\n      - rtp://h:6000\n").unwrap();
+        assert_eq!(
+            load(Some(&file), &with_publish).unwrap().paths[0].publish.len(),
+            2,
+            "the file's cam, plus the flag's"
+        );
+        std::fs::write(&file, "paths:\n  day:\n    source: demo\n").unwrap();
+        let error = load(Some(&file), &with_publish).unwrap_err();
+        assert!(error.to_string().contains("-publish relays the path cam"), "{error}");
     }
 
     #[test]

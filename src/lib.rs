@@ -8,6 +8,7 @@
 //! source (ring | rtsp | demo) -> Feed: codec processor -> hub (fan-out) -+-> webrtc viewers
 //!                                                                          +-> rtsp_server clients
 //!                                                                          +-> recorder
+//!                                                                          +-> publish targets (SFU)
 //! ```
 //!
 //! Module map:
@@ -24,9 +25,12 @@
 //!   fly.
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
-//! - [`rtp`]: RTP payload formats and the packet cache every receiver shares.
+//! - [`rtp`]: RTP payload formats, the packet cache every receiver shares,
+//!   per-receiver headers.
 //! - [`rtsp_server`]: every path as `rtsp://HOST:PORT/NAME` for NVRs (TCP
 //!   interleaved and UDP, Basic/Digest auth).
+//! - [`publish`]: a path relayed to SFUs: WHIP ([`publish::whip`]) and
+//!   RTP/SRTP ([`publish::rtp`]) targets, supervised with backoff.
 //! - [`recorder`]: raw `.h264`/`.h265` files on their own thread, with
 //!   [`recording_times`] sidecars (every frame's capture time).
 //! - [`recordings`]: the files on disk as the `/recordings` routes serve
@@ -34,12 +38,14 @@
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
 //! - [`turn`]: TURN servers, their credentials and a probe of each.
-//! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
+//! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks, from
+//!   this server or through Janus.
 //! - [`systemd`]: sd_notify readiness and a watchdog fed by the media threads.
-//! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`]:
-//!   shared leaves that know nothing of video.
+//! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`],
+//!   [`backoff`], [`random`]: shared leaves that know nothing of video.
 
 pub mod abi;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod codec;
@@ -54,6 +60,8 @@ pub mod metrics;
 pub mod mp4;
 pub mod paths;
 pub mod profiling;
+pub mod publish;
+pub mod random;
 pub mod ratelimit;
 pub mod recorder;
 pub mod recording_times;

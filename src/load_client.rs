@@ -23,6 +23,8 @@ use serde::Serialize;
 
 use crate::codec::Codec;
 
+mod janus;
+
 /// The RTP header extension carrying the capture time (NTP format) of the
 /// frame a packet belongs to.
 pub const ABS_CAPTURE_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time";
@@ -123,7 +125,11 @@ pub fn clip_nal_units(codec: Codec, clip: &[u8]) -> Vec<Bytes> {
 /// up to [`ClipCheck::REORDER_WAIT`] for a missing one (a retransmission
 /// answering a NACK); a packet given up on breaks the chain, and the check
 /// finds its place again from the NAL units that follow (the server resumes
-/// at a keyframe).
+/// at a keyframe). A jump to another place of the clip is allowed where a
+/// sender restarts from its cached keyframe (a PLI answered, for this
+/// viewer or, through an SFU, for another): at the first NAL unit of an
+/// access unit that turns out to hold a keyframe (counted in `restarts`);
+/// anywhere else it is a mismatch.
 #[derive(Debug)]
 pub struct ClipCheck {
     codec: Codec,
@@ -144,12 +150,22 @@ pub struct ClipCheck {
     damaged: bool,
     /// The access unit in progress has a keyframe slice.
     keyframe: bool,
+    /// The access unit in progress has had a NAL unit other than a
+    /// parameter set.
+    au_started: bool,
+    /// Inside a fragmented NAL unit whose start was seen.
+    in_fragment: bool,
+    /// The access unit in progress began away from where the clip was:
+    /// a restart if it holds a keyframe, else a mismatch.
+    restart_pending: bool,
     pub matched: u64,
     pub mismatched: u64,
     /// Keyframe access units received whole, every NAL unit the clip's.
     pub keyframes_matched: u64,
     /// Packets given up on (never arrived within the wait).
     pub packets_missing: u64,
+    /// Restarts at a cached keyframe (see the type's doc).
+    pub restarts: u64,
     pub first_mismatch: Option<String>,
 }
 
@@ -172,10 +188,14 @@ impl ClipCheck {
             waiting: Default::default(),
             damaged: false,
             keyframe: false,
+            au_started: false,
+            in_fragment: false,
+            restart_pending: false,
             matched: 0,
             mismatched: 0,
             keyframes_matched: 0,
             packets_missing: 0,
+            restarts: 0,
             first_mismatch: None,
         }
     }
@@ -184,12 +204,7 @@ impl ClipCheck {
     pub fn on_packet(&mut self, sequence_number: u16, payload: &Bytes, marker: bool, now: Instant) {
         let expected = match self.expected {
             Some(expected) => expected,
-            None => {
-                if continues_a_fragment(self.codec, payload) {
-                    self.damaged = true; // joined in the middle of a NAL unit
-                }
-                u64::from(sequence_number) + (1 << 16) // room below for a late packet
-            }
+            None => u64::from(sequence_number) + (1 << 16), // room below for a late packet
         };
         // Extend the 16-bit number to the one nearest the expected.
         let offset = i64::from(sequence_number.wrapping_sub(expected as u16) as i16);
@@ -223,11 +238,24 @@ impl ClipCheck {
             self.next.clear();
             self.h264 = Default::default();
             self.h265 = Default::default();
+            self.in_fragment = false;
             self.damaged = true;
         }
     }
 
     fn check(&mut self, sequence_number: u16, payload: &Bytes, marker: bool) {
+        // A fragment whose start was not seen (joined mid-NAL unit, as
+        // through an SFU, or after a lost packet) would depacketize into a
+        // truncated NAL unit: skipped, its access unit counted damaged.
+        match fragment(self.codec, payload) {
+            Some((false, _)) if !self.in_fragment => {
+                self.damaged = true;
+                self.end_of_packet(marker);
+                return;
+            }
+            Some((_, end)) => self.in_fragment = !end,
+            None => self.in_fragment = false,
+        }
         let nal_units = match self.codec {
             Codec::H264 => {
                 use rtc::rtp::packetizer::Depacketizer as _;
@@ -254,12 +282,26 @@ impl ClipCheck {
             self.keyframe |= self.codec.is_keyframe_nal(&nal);
             self.nal_unit(&nal);
         }
+        self.end_of_packet(marker);
+    }
+
+    /// The marker ends an access unit: count it.
+    fn end_of_packet(&mut self, marker: bool) {
         if marker {
+            if self.restart_pending {
+                self.restart_pending = false;
+                if self.keyframe {
+                    self.restarts += 1;
+                } else {
+                    self.mismatch("the stream jumped to another place of the clip, not at a keyframe".into());
+                }
+            }
             if self.keyframe && !self.damaged {
                 self.keyframes_matched += 1;
             }
             self.keyframe = false;
             self.damaged = false;
+            self.au_started = false;
         }
     }
 
@@ -277,13 +319,24 @@ impl ClipCheck {
         if clip.is_empty() {
             return self.mismatch("the clip has no NAL units".into());
         }
+        let au_start = !self.au_started;
+        self.au_started = true;
+        let places = |nal: &[u8]| -> Vec<usize> {
+            (0..clip.len()).filter(|&i| clip[i] == nal).map(|i| (i + 1) % clip.len()).collect()
+        };
         if self.next.is_empty() {
             // Find the place: every position of this NAL unit in the clip.
-            self.next = (0..clip.len()).filter(|&i| clip[i] == nal).map(|i| (i + 1) % clip.len()).collect();
+            self.next = places(nal);
         } else {
             self.next.retain(|&i| clip[i] == nal);
             for i in &mut self.next {
                 *i = (*i + 1) % clip.len();
+            }
+            if self.next.is_empty() && au_start {
+                // Elsewhere in the clip: a restart if this access unit holds
+                // a keyframe (decided at its end).
+                self.next = places(nal);
+                self.restart_pending = !self.next.is_empty();
             }
         }
         if self.next.is_empty() {
@@ -300,14 +353,14 @@ impl ClipCheck {
     }
 }
 
-/// A fragment other than the first of its NAL unit (FU-A, H.265 FU).
-fn continues_a_fragment(codec: Codec, payload: &[u8]) -> bool {
-    match codec {
-        Codec::H264 => {
-            payload.first().is_some_and(|h| h & 0x1f == 28) && payload.get(1).is_some_and(|fu| fu & 0x80 == 0)
-        }
-        Codec::H265 => payload.len() >= 3 && Codec::H265.nal_type(payload) == 49 && payload[2] & 0x80 == 0,
-    }
+/// For a fragment of a NAL unit (FU-A, H.265 FU): whether it starts and
+/// whether it ends its NAL unit.
+fn fragment(codec: Codec, payload: &[u8]) -> Option<(bool, bool)> {
+    let fu = match codec {
+        Codec::H264 => payload.first().filter(|h| *h & 0x1f == 28).and(payload.get(1)),
+        Codec::H265 => (payload.len() >= 3 && Codec::H265.nal_type(payload) == 49).then(|| &payload[2]),
+    }?;
+    Some((fu & 0x80 != 0, fu & 0x40 != 0))
 }
 
 /// Per-viewer accounting, fed one packet at a time.
@@ -376,6 +429,9 @@ pub struct ViewerReport {
     /// Packets that never arrived, even late (after the jitter wait).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_packets_missing: Option<u64>,
+    /// Restarts at a cached keyframe (a sender answering a PLI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_restarts: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_first_mismatch: Option<String>,
 }
@@ -550,6 +606,10 @@ pub struct LoadOptions {
     /// The clip the camera loops, its codec and [`clip_nal_units`]: every
     /// viewer checks what it receives against it.
     pub verify: Option<(Codec, Arc<Vec<Bytes>>)>,
+    /// Watch this mountpoint of a Janus streaming plugin instead: `url` is
+    /// then Janus's HTTP API (`http://HOST:8088/janus`), Janus offers and
+    /// each viewer answers.
+    pub janus_mountpoint: Option<u64>,
 }
 
 mod peer {
@@ -642,20 +702,34 @@ mod peer {
         })
     }
 
-    /// Connects one viewer and receives for `duration`; returns its report.
-    pub async fn run_viewer(viewer: usize, options: &LoadOptions) -> Result<ViewerReport, String> {
+    /// A receiving peer connection with its accounting, before any SDP.
+    struct Receiver {
+        pc: Arc<dyn PeerConnection>,
+        gathered: watch::Receiver<bool>,
+        stats: Arc<Mutex<ReceiverStats>>,
+        check: Arc<Mutex<Option<ClipCheck>>>,
+        abs_capture_id: Arc<Mutex<Option<u8>>>,
+        state: watch::Receiver<RTCPeerConnectionState>,
+        /// STUN/TURN servers it was given.
+        ice_servers: usize,
+    }
+
+    /// Builds a receiving peer connection that accepts `codecs` (MIME type,
+    /// payload type, fmtp) with NACK/PLI/FIR feedback and abs-capture-time,
+    /// using `ice_servers`.
+    async fn receiver(
+        options: &LoadOptions,
+        codecs: &[(String, u8, String)],
+        ice_servers: Vec<RTCIceServer>,
+    ) -> Result<Receiver, String> {
         let mut media_engine = MediaEngine::default();
-        let offered = options.codecs.iter().flat_map(|codec| match codec {
-            Codec::H264 => H264_OFFER.iter().map(|(pt, fmtp)| (MIME_TYPE_H264, *pt, *fmtp)).collect::<Vec<_>>(),
-            Codec::H265 => H265_OFFER.iter().map(|(pt, fmtp)| (MIME_TYPE_HEVC, *pt, *fmtp)).collect(),
-        });
-        for (mime_type, pt, fmtp) in offered {
+        for (mime_type, pt, fmtp) in codecs {
             let codec = RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
-                    mime_type: mime_type.to_owned(),
+                    mime_type: mime_type.clone(),
                     clock_rate: 90_000,
                     channels: 0,
-                    sdp_fmtp_line: fmtp.to_string(),
+                    sdp_fmtp_line: fmtp.clone(),
                     rtcp_feedback: ["nack", "nack pli", "ccm fir"]
                         .iter()
                         .map(|fb| {
@@ -664,7 +738,7 @@ mod peer {
                         })
                         .collect(),
                 },
-                payload_type: pt,
+                payload_type: *pt,
             };
             media_engine.register_codec(codec, RtpCodecKind::Video).map_err(|e| e.to_string())?;
         }
@@ -676,8 +750,8 @@ mod peer {
             )
             .map_err(|e| e.to_string())?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(|e| e.to_string())?;
-        let (gathered_tx, mut gathered) = watch::channel(false);
-        let (state_tx, mut state) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered_tx, gathered) = watch::channel(false);
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let stats = Arc::new(Mutex::new(ReceiverStats::default()));
         let abs_capture_id = Arc::new(Mutex::new(None));
         let check = Arc::new(Mutex::new(None));
@@ -704,9 +778,6 @@ mod peer {
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(100))
             .with_ice_timeouts(Some(Duration::from_secs(2)), Some(Duration::from_secs(3)), None)
             .build();
-        // The STUN/TURN servers the server hands to its pages, as a browser
-        // behind NAT would use them.
-        let ice_servers = fetch_ice_servers(&options.url, &options.path, options.token.as_deref()).await?;
         let ice_server_count = ice_servers.len();
         let configuration = RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build();
         let pc = PeerConnectionBuilder::new()
@@ -720,59 +791,142 @@ mod peer {
             .build()
             .await
             .map_err(|e| format!("peer connection: {e}"))?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let recvonly = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
-        pc.add_transceiver_from_kind(RtpCodecKind::Video, Some(recvonly)).await.map_err(|e| e.to_string())?;
-        let offer = pc.create_offer(None).await.map_err(|e| e.to_string())?;
-        pc.set_local_description(offer).await.map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(5), gathered.wait_for(|g| *g))
-            .await
-            .map_err(|_| "ICE gathering did not complete")?
-            .map_err(|e| e.to_string())?;
-        let offer = pc.local_description().await.ok_or("no local description")?.sdp;
+        Ok(Receiver { pc: Arc::new(pc), gathered, stats, check, abs_capture_id, state, ice_servers: ice_server_count })
+    }
 
-        let started = Instant::now();
-        *stats.lock().unwrap_or_else(|e| e.into_inner()) = ReceiverStats::start(started);
+    impl Receiver {
+        /// Our local description once ICE gathering is complete (no trickle).
+        async fn gathered_description(&mut self) -> Result<String, String> {
+            tokio::time::timeout(Duration::from_secs(5), self.gathered.wait_for(|g| *g))
+                .await
+                .map_err(|_| "ICE gathering did not complete")?
+                .map_err(|e| e.to_string())?;
+            Ok(self.pc.local_description().await.ok_or("no local description")?.sdp)
+        }
+
+        /// The sender's SDP (its answer, or Janus's offer) chose `sdp`'s
+        /// codec: accounting and the clip check follow it.
+        fn expect(&self, sdp: &str, options: &LoadOptions) -> Result<(), String> {
+            *self.abs_capture_id.lock().unwrap_or_else(|e| e.into_inner()) = extmap_id(sdp, ABS_CAPTURE_TIME_URI);
+            let codec = answered_codec(sdp).ok_or("the sender sends no H.264 or H.265")?;
+            self.stats.lock().unwrap_or_else(|e| e.into_inner()).set_codec(codec);
+            if let Some((clip_codec, clip)) = &options.verify {
+                if *clip_codec != codec {
+                    return Err(format!("the sender sends {codec}, the clip to verify against is {clip_codec}"));
+                }
+                *self.check.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClipCheck::new(codec, clip.clone()));
+            }
+            Ok(())
+        }
+
+        /// Receives for the run's duration (or until the connection fails),
+        /// closes, and reports. `relay_candidates`: TURN relay candidates in
+        /// our description and in the sender's.
+        async fn finish(
+            mut self,
+            viewer: usize,
+            options: &LoadOptions,
+            relay_candidates: (usize, usize),
+        ) -> Result<ViewerReport, String> {
+            let failed = tokio::select! {
+                _ = tokio::time::sleep(options.duration) => false,
+                _ = self.state.wait_for(|s| *s == RTCPeerConnectionState::Failed) => true,
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
+            if failed {
+                let hint = if self.ice_servers > 0 && relay_candidates == (0, 0) {
+                    ": no TURN relay candidate on either side (the TURN server refused or did not answer: \
+                     see the server's /health)"
+                } else {
+                    ""
+                };
+                return Err(format!("connection failed: ICE found no working path to the sender{hint}"));
+            }
+            let mut report = self.stats.lock().unwrap_or_else(|e| e.into_inner()).report(viewer);
+            report.ice_servers = self.ice_servers;
+            (report.local_relay_candidates, report.remote_relay_candidates) = relay_candidates;
+            if let Some(check) = self.check.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                report.clip_nal_units_matched = Some(check.matched);
+                report.clip_nal_units_mismatched = Some(check.mismatched);
+                report.clip_keyframes_matched = Some(check.keyframes_matched);
+                report.clip_packets_missing = Some(check.packets_missing);
+                report.clip_restarts = Some(check.restarts);
+                report.clip_first_mismatch = check.first_mismatch.clone();
+            }
+            Ok(report)
+        }
+    }
+
+    /// Connects one viewer and receives for `duration`; returns its report.
+    pub async fn run_viewer(viewer: usize, options: &LoadOptions) -> Result<ViewerReport, String> {
+        match options.janus_mountpoint {
+            Some(mountpoint) => run_janus_viewer(viewer, mountpoint, options).await,
+            None => run_offering_viewer(viewer, options).await,
+        }
+    }
+
+    /// Like a browser: our offer to `POST /offer`, the server's answer.
+    async fn run_offering_viewer(viewer: usize, options: &LoadOptions) -> Result<ViewerReport, String> {
+        let codecs: Vec<(String, u8, String)> = options
+            .codecs
+            .iter()
+            .flat_map(|codec| match codec {
+                Codec::H264 => H264_OFFER.iter().map(|(pt, fmtp)| (MIME_TYPE_H264, *pt, *fmtp)).collect::<Vec<_>>(),
+                Codec::H265 => H265_OFFER.iter().map(|(pt, fmtp)| (MIME_TYPE_HEVC, *pt, *fmtp)).collect(),
+            })
+            .map(|(mime, pt, fmtp)| (mime.to_string(), pt, fmtp.to_string()))
+            .collect();
+        // The STUN/TURN servers the server hands to its pages, as a browser
+        // behind NAT would use them.
+        let ice_servers = fetch_ice_servers(&options.url, &options.path, options.token.as_deref()).await?;
+        let mut rx = receiver(options, &codecs, ice_servers).await?;
+        let recvonly = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+        rx.pc.add_transceiver_from_kind(RtpCodecKind::Video, Some(recvonly)).await.map_err(|e| e.to_string())?;
+        let offer = rx.pc.create_offer(None).await.map_err(|e| e.to_string())?;
+        rx.pc.set_local_description(offer).await.map_err(|e| e.to_string())?;
+        let offer = rx.gathered_description().await?;
+
+        *rx.stats.lock().unwrap_or_else(|e| e.into_inner()) = ReceiverStats::start(Instant::now());
         let answer = post_offer(&options.url, &options.path, &offer, options.token.as_deref()).await?;
         log::debug!("viewer {viewer}: answer:\n{answer}");
-        *abs_capture_id.lock().unwrap_or_else(|e| e.into_inner()) = extmap_id(&answer, ABS_CAPTURE_TIME_URI);
-        let codec = answered_codec(&answer).ok_or("the answer sends no H.264 or H.265")?;
-        stats.lock().unwrap_or_else(|e| e.into_inner()).set_codec(codec);
-        if let Some((clip_codec, clip)) = &options.verify {
-            if *clip_codec != codec {
-                return Err(format!("the server sends {codec}, the clip to verify against is {clip_codec}"));
-            }
-            *check.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClipCheck::new(codec, clip.clone()));
-        }
+        rx.expect(&answer, options)?;
         let relay_candidates = (count_relay_candidates(&offer), count_relay_candidates(&answer));
-        pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?)
+        rx.pc
+            .set_remote_description(RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?)
             .await
             .map_err(|e| format!("answer: {e}"))?;
-        let failed = tokio::select! {
-            _ = tokio::time::sleep(options.duration) => false,
-            _ = state.wait_for(|s| *s == RTCPeerConnectionState::Failed) => true,
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
-        if failed {
-            let hint = if ice_server_count > 0 && relay_candidates == (0, 0) {
-                ": no TURN relay candidate on either side (the TURN server refused or did not answer: \
-                 see the server's /health)"
-            } else {
-                ""
-            };
-            return Err(format!("connection failed: ICE found no working path to the server{hint}"));
+        rx.finish(viewer, options, relay_candidates).await
+    }
+
+    /// Through Janus's streaming plugin: Janus offers what the mountpoint
+    /// carries, the viewer answers (see [`super::janus`]).
+    async fn run_janus_viewer(viewer: usize, mountpoint: u64, options: &LoadOptions) -> Result<ViewerReport, String> {
+        let started = Instant::now();
+        let janus = super::janus::Session::create(&options.url).await?;
+        let result = async {
+            let offer = janus.watch(mountpoint).await?;
+            log::debug!("viewer {viewer}: Janus offer:\n{offer}");
+            let mut rx = receiver(options, &super::janus::offered_codecs(&offer), Vec::new()).await?;
+            *rx.stats.lock().unwrap_or_else(|e| e.into_inner()) = ReceiverStats::start(started);
+            rx.expect(&offer, options)?;
+            let offered_relays = count_relay_candidates(&offer);
+            rx.pc
+                .set_remote_description(RTCSessionDescription::offer(offer).map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| format!("Janus's offer: {e}"))?;
+            let answer = rx.pc.create_answer(None).await.map_err(|e| e.to_string())?;
+            rx.pc.set_local_description(answer).await.map_err(|e| e.to_string())?;
+            let answer = rx.gathered_description().await?;
+            janus.start(&answer).await?;
+            let keepalive = janus.keep_alive();
+            let relay_candidates = (count_relay_candidates(&answer), offered_relays);
+            let report = rx.finish(viewer, options, relay_candidates).await;
+            keepalive.abort();
+            report
         }
-        let mut report = stats.lock().unwrap_or_else(|e| e.into_inner()).report(viewer);
-        report.ice_servers = ice_server_count;
-        (report.local_relay_candidates, report.remote_relay_candidates) = relay_candidates;
-        if let Some(check) = check.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            report.clip_nal_units_matched = Some(check.matched);
-            report.clip_nal_units_mismatched = Some(check.mismatched);
-            report.clip_keyframes_matched = Some(check.keyframes_matched);
-            report.clip_packets_missing = Some(check.packets_missing);
-            report.clip_first_mismatch = check.first_mismatch.clone();
-        }
-        Ok(report)
+        .await;
+        janus.destroy().await;
+        result
     }
 
     /// `a=candidate` lines of type relay in an SDP.
@@ -1091,6 +1245,59 @@ mod tests {
         assert_eq!(check.mismatched, 1);
         assert_eq!(check.keyframes_matched, 4);
         assert!(check.first_mismatch.as_deref().is_some_and(|m| m.contains("type 1")), "{:?}", check.first_mismatch);
+    }
+
+    /// `packets`, renumbered from 1000 on, as one sender's sequence.
+    fn renumbered(packets: impl IntoIterator<Item = (u16, Bytes, bool)>) -> Vec<(u16, Bytes, bool)> {
+        packets.into_iter().enumerate().map(|(i, (_, payload, marker))| (1000 + i as u16, payload, marker)).collect()
+    }
+
+    #[test]
+    fn a_restart_at_a_cached_keyframe_is_allowed_and_a_jump_elsewhere_is_not() {
+        let clip = Arc::new(hevc_clip());
+        // Access units 0-5 of the clip, then (a PLI answered from the GOP
+        // cache) from the keyframe of the second GOP again, then on.
+        let one_loop = hevc_packets(&clip, 0, 1);
+        let second_gop = hevc_packets(&clip, 4, 1);
+        let restarted = renumbered(one_loop.iter().cloned().chain(second_gop.iter().cloned()));
+        let mut check = ClipCheck::new(Codec::H265, clip.clone());
+        for (i, (seq, payload, marker)) in restarted.iter().enumerate() {
+            check.on_packet(*seq, payload, *marker, at(i));
+        }
+        assert_eq!((check.mismatched, check.restarts), (0, 1), "{:?}", check.first_mismatch);
+        // A jump to a P slice (access unit 2) is not a restart.
+        let jumped = renumbered(one_loop.iter().cloned().chain(hevc_packets(&clip, 2, 1)));
+        let mut check = ClipCheck::new(Codec::H265, clip.clone());
+        for (i, (seq, payload, marker)) in jumped.iter().enumerate() {
+            check.on_packet(*seq, payload, *marker, at(i));
+        }
+        assert_eq!((check.mismatched, check.restarts), (1, 0));
+    }
+
+    #[test]
+    fn joining_in_the_middle_of_a_fragmented_nal_unit_is_no_mismatch() {
+        // rtc's FU-A depacketizer turns the rest of a fragmented NAL unit
+        // into a truncated one; a viewer joining an SFU's stream mid-frame
+        // gets exactly that first.
+        let nal = |header: u8, len: usize| {
+            let mut n = vec![header];
+            n.extend((0..len).map(|i| (i * 7) as u8));
+            Bytes::from(n)
+        };
+        let clip = Arc::new(vec![nal(0x67, 10), nal(0x68, 4), nal(0x65, 3000), nal(0x41, 500)]);
+        let mut packets = Vec::new();
+        for unit in [&clip[..3], &clip[3..], &clip[..3], &clip[3..]] {
+            let payloads = crate::rtp::h264::packetize_nals(unit.iter().cloned(), 1000);
+            let last = payloads.len() - 1;
+            packets.extend(payloads.into_iter().enumerate().map(|(i, p)| (p, i == last)));
+        }
+        // Packet 0 is the STAP-A of SPS and PPS, 1-4 the IDR's fragments.
+        let mut check = ClipCheck::new(Codec::H264, clip.clone());
+        for (i, (payload, marker)) in packets.iter().enumerate().skip(2) {
+            check.on_packet(i as u16, payload, *marker, at(i));
+        }
+        assert_eq!(check.mismatched, 0, "{:?}", check.first_mismatch);
+        assert_eq!(check.keyframes_matched, 1, "the damaged first keyframe is not counted, the second is");
     }
 
     #[test]

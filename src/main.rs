@@ -126,6 +126,7 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
             }
             None => None,
         },
+        janus_mountpoint: args.janus_mountpoint,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let report = runtime.block_on(load_client::run(options));
@@ -157,6 +158,7 @@ fn serve(args: &Args) -> Result<(), String> {
         record_max_bytes: recorder::parse_size(&args.record_max_bytes)?,
         record_min_free: recorder::parse_size(&args.record_min_free)?,
         max_clients: args.max_clients,
+        publish: publish_flags(args)?,
     };
     let loaded = config::load(args.config.as_deref(), &flags).map_err(|e| format!("config: {e}"))?;
     let metrics = Arc::new(Metrics::new());
@@ -192,6 +194,7 @@ fn serve(args: &Args) -> Result<(), String> {
     if !turn.is_empty() {
         sources.spawn(runtime.handle(), turn.clone().run(shutdown.clone()));
     }
+    paths.start_publishers(runtime.handle(), &shutdown);
     // systemd Type=notify: a watchdog fed by the ring paths' media threads
     // (only when the unit sets WatchdogSec) and READY below.
     let notifier = systemd::Notifier::from_env();
@@ -271,6 +274,15 @@ fn serve(args: &Args) -> Result<(), String> {
             log::warn!("{}: {} viewer tasks still closing at shutdown", path.name(), path.viewers.live_tasks());
         }
     }
+    // Publish targets stopped with the trigger: WHIP sessions send their
+    // DELETE (each bounded by publish::STOP_TIMEOUT), meanwhile.
+    let publishers_deadline = std::time::Instant::now() + streaming_server::publish::STOP_TIMEOUT;
+    for path in paths.iter() {
+        let left = publishers_deadline.saturating_duration_since(std::time::Instant::now());
+        if !path.publishers.wait_stopped(left + Duration::from_millis(200)) {
+            log::warn!("{}: {} publish targets still stopping at shutdown", path.name(), path.publishers.live_tasks());
+        }
+    }
     for (path, thread) in paths.iter().zip(closing) {
         match thread {
             Ok(thread) => {
@@ -306,6 +318,19 @@ fn turn_flags(args: &Args) -> Result<Vec<TurnServer>, String> {
         .map(|url| {
             TurnServer::from_parts(url, Some(&args.turn_user), pass.as_deref(), secret.as_deref(), ttl)
                 .map_err(|e| format!("-turn: {e}"))
+        })
+        .collect()
+}
+
+/// The `-publish` targets (for `cam`), with `-publish-token-file`'s token
+/// for the WHIP ones.
+fn publish_flags(args: &Args) -> Result<Vec<streaming_server::publish::PublishConfig>, String> {
+    let token = args.publish_token_file.as_deref().map(config::read_token_file).transpose()?;
+    args.publish
+        .iter()
+        .map(|url| {
+            let whip = url.to_ascii_lowercase().starts_with("whip+");
+            streaming_server::publish::parse(url, token.clone().filter(|_| whip)).map_err(|e| format!("-publish: {e}"))
         })
         .collect()
 }

@@ -97,6 +97,21 @@ pub struct StreamMetrics {
     pub rtsp_bytes_sent: IntCounter,
     /// RTSP clients dropped because they stopped reading.
     pub rtsp_clients_stuck: IntCounter,
+    publish: Vec<(&'static str, IntCounterVec)>,
+    publish_up: IntGaugeVec,
+}
+
+/// One publish target's metrics: handles bound to `path` and `target`.
+#[derive(Clone, Debug)]
+pub struct PublishMetrics {
+    pub bytes: IntCounter,
+    pub packets: IntCounter,
+    pub frames: IntCounter,
+    pub frames_dropped: IntCounter,
+    pub reconnects: IntCounter,
+    pub errors: IntCounter,
+    pub keyframe_requests: IntCounter,
+    pub up: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -127,6 +142,7 @@ impl Metrics {
             (name, metric)
         };
         let p = &["path"];
+        let pt = &["path", "target"];
         let families = Families {
             counters: vec![
                 counter("frames_read_total", "Frames the source delivered intact", p),
@@ -156,6 +172,21 @@ impl Metrics {
                 counter("rtsp_frames_dropped_total", "Frames RTSP clients lost (slow reader)", p),
                 counter("rtsp_bytes_sent_total", "RTP/RTCP bytes sent to RTSP clients", p),
                 counter("rtsp_clients_stuck_total", "RTSP clients dropped for not reading", p),
+                counter("publish_bytes_total", "RTP bytes (headers and payloads) sent to a publish target", pt),
+                counter("publish_packets_total", "RTP packets sent to a publish target", pt),
+                counter("publish_frames_total", "Frames sent to a publish target", pt),
+                counter(
+                    "publish_frames_dropped_total",
+                    "Frames a publish target lost (queue full, then until the next keyframe)",
+                    pt,
+                ),
+                counter("publish_reconnects_total", "New sessions with a publish target after a failed one", pt),
+                counter(
+                    "publish_errors_total",
+                    "Failed sessions and frames that could not be sent to a publish target",
+                    pt,
+                ),
+                counter("publish_keyframe_requests_total", "PLI/FIR keyframe requests from a publish target", pt),
             ],
             gauges: vec![
                 gauge("webrtc_buffer_usage_percent", "Fullest WebRTC viewer queue, percent"),
@@ -167,6 +198,7 @@ impl Metrics {
                 gauge("camera_attached", "1 while the source delivers"),
                 gauge("rtsp_clients", "RTSP clients playing now"),
                 gauge_with("codec_info", "1 for the codec the stream carries now (h264, h265)", &["path", "codec"]),
+                gauge_with("publish_up", "1 while a publish target's session is up", pt),
             ],
             histograms: vec![
                 histogram(
@@ -256,6 +288,14 @@ impl Metrics {
             rtsp_frames_dropped: c("rtsp_frames_dropped_total"),
             rtsp_bytes_sent: c("rtsp_bytes_sent_total"),
             rtsp_clients_stuck: c("rtsp_clients_stuck_total"),
+            publish: self
+                .families
+                .counters
+                .iter()
+                .filter(|(name, _)| name.starts_with("publish_"))
+                .map(|(name, family)| (*name, family.clone()))
+                .collect(),
+            publish_up: self.gauge("publish_up").clone(),
         };
         // Export zeros from the start, so dashboards and alerts see the series.
         for op in ["write", "fdatasync", "fsync", "fsync directory", "create"] {
@@ -339,6 +379,31 @@ impl StreamMetrics {
         }
     }
 
+    /// The handles of one publish target, labelled `target` (a URL without
+    /// secrets, see `publish`).
+    pub fn publish(&self, target: &str) -> PublishMetrics {
+        let labels = [self.path.as_str(), target];
+        let c = |name: &str| {
+            // Names are the static ones registered in `Metrics::new`.
+            self.publish
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("a registered publish counter")
+                .1
+                .with_label_values(&labels)
+        };
+        PublishMetrics {
+            bytes: c("publish_bytes_total"),
+            packets: c("publish_packets_total"),
+            frames: c("publish_frames_total"),
+            frames_dropped: c("publish_frames_dropped_total"),
+            reconnects: c("publish_reconnects_total"),
+            errors: c("publish_errors_total"),
+            keyframe_requests: c("publish_keyframe_requests_total"),
+            up: self.publish_up.with_label_values(&labels),
+        }
+    }
+
     /// The frame-errors count of one stage and reason (tests, `/health`).
     pub fn frame_errors(&self, stage: &str, reason: &str) -> u64 {
         self.frame_errors.with_label_values(&[&self.path, stage, reason]).get()
@@ -371,6 +436,16 @@ mod tests {
         assert!(text.contains("streaming_path_codec_info{codec=\"h265\",path=\"day\"} 1"), "{text}");
         assert!(text.contains("streaming_path_codec_info{codec=\"h264\",path=\"day\"} 0"), "{text}");
         assert!(!text.contains("streaming_codec_info{"), "{text}");
+        let publish = cam.publish("rtp://h:5004?pt=96");
+        publish.bytes.inc_by(1200);
+        publish.up.set(1);
+        let text = metrics.encode();
+        assert!(
+            text.contains("streaming_path_publish_bytes_total{path=\"cam\",target=\"rtp://h:5004?pt=96\"} 1200"),
+            "{text}"
+        );
+        assert!(text.contains("streaming_publish_bytes_total{target=\"rtp://h:5004?pt=96\"} 1200"), "{text}");
+        assert!(text.contains("streaming_publish_up{target=\"rtp://h:5004?pt=96\"} 1"), "{text}");
         metrics.set_legacy_path("day");
         let text = metrics.encode();
         assert!(text.contains("\nstreaming_frames_read_total 7\n"), "{text}");

@@ -1,11 +1,12 @@
 //! Paths: what routes, metrics and the dashboard talk about. A path is a
 //! name, its configuration, its [`Stream`], and the outputs that consume
-//! it: its WebRTC [`Viewers`] and its [`Recorder`]. [`Paths`] holds them in
+//! it: its WebRTC [`Viewers`], its [`Recorder`] and its [`Publishers`]. [`Paths`] holds them in
 //! configuration order and knows which one the legacy routes mean (`cam`,
 //! else the first).
 //!
 //! Built once at start-up from [`PathConfig`]s; each path's source is
-//! started by [`crate::source::start`]. Nothing here is on the media path:
+//! started by [`crate::source::start`], its publish targets by
+//! [`Paths::start_publishers`]. Nothing here is on the media path:
 //! `/paths` reads snapshots.
 
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use crate::config::{PathConfig, LEGACY_PATH};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::publish::Publishers;
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
@@ -28,6 +30,7 @@ pub struct Path {
     pub stream: Stream,
     pub viewers: Viewers,
     pub recorder: Recorder,
+    pub publishers: Publishers,
 }
 
 impl Path {
@@ -62,6 +65,7 @@ impl Path {
         if let crate::stream::SourceState::Error(error) = state {
             summary["error"] = json!(error);
         }
+        summary["publish"] = json!(self.publishers.summary());
         summary
     }
 }
@@ -114,7 +118,8 @@ impl Paths {
             if let Some(turn) = &config.turn {
                 viewer_config.turn = turn.clone();
             }
-            let viewers = Viewers::new(viewer_config, stream.clone(), shutdown.clone(), runtime.clone())?;
+            let viewers = Viewers::new(viewer_config.clone(), stream.clone(), shutdown.clone(), runtime.clone())?;
+            let publishers = Publishers::new(config.publish.clone(), stream.clone(), viewer_config);
             let record = &config.record;
             let recorder = Recorder::with_config(
                 RecorderConfig {
@@ -125,7 +130,7 @@ impl Paths {
                 },
                 stream.clone(),
             );
-            list.push(Arc::new(Path { config, stream, viewers, recorder }));
+            list.push(Arc::new(Path { config, stream, viewers, recorder, publishers }));
         }
         if list.is_empty() {
             return Err("no paths to serve".into());
@@ -139,6 +144,13 @@ impl Paths {
     pub fn start_sources(&self, runtime: &tokio::runtime::Handle, tasks: &TaskSet, shutdown: &Shutdown) {
         for path in &self.list {
             crate::source::start(path.config.clone(), path.stream.clone(), runtime, tasks, shutdown.clone());
+        }
+    }
+
+    /// Starts every path's publish targets (each runs until `shutdown`).
+    pub fn start_publishers(&self, runtime: &tokio::runtime::Handle, shutdown: &Shutdown) {
+        for path in &self.list {
+            path.publishers.start(runtime, shutdown);
         }
     }
 

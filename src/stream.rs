@@ -1,12 +1,14 @@
 //! A stream: the value a path's source writes into and its outputs read.
 //!
 //! It holds the path's name, its [`Hub`] (fan-out, GOP cache, parameter
-//! sets), the source's [`SourceStatus`] (atomics the source writes and the
-//! control plane reads), the path's [`StreamMetrics`], and its [`Demand`]
-//! (who needs the source running: viewers and recordings hold guards; an
+//! sets), the [`PacketCache`] every RTP output shares (each frame
+//! packetized once for all viewers and publish targets), the source's
+//! [`SourceStatus`] (atomics the source writes and the control plane
+//! reads), the path's [`StreamMetrics`], and its [`Demand`] (who needs the
+//! source running: viewers, recordings and publish targets hold guards; an
 //! on-demand source runs only while someone does). Sources push frames and
-//! gaps in through [`Feed`](crate::source::Feed); viewers and the recorder
-//! subscribe to the hub. Nothing here does I/O.
+//! gaps in through [`Feed`](crate::source::Feed); viewers, publish targets
+//! and the recorder subscribe to the hub. Nothing here does I/O.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -127,8 +129,8 @@ impl Default for Demand {
     }
 }
 
-/// Holds demand for a source while alive (a viewer, a recording, an offer
-/// waiting for the stream).
+/// Holds demand for a source while alive (a viewer, a recording, a publish
+/// target, an offer waiting for the stream).
 #[derive(Debug)]
 pub struct DemandGuard {
     count: Arc<tokio::sync::watch::Sender<usize>>,
@@ -165,7 +167,7 @@ pub struct Stream {
     pub metrics: StreamMetrics,
     pub demand: Demand,
     /// RTP packets of this stream's access units, packetized once for every
-    /// receiver: WebRTC viewers and RTSP clients alike.
+    /// receiver: WebRTC viewers, RTSP clients and publish targets alike.
     pub packets: Arc<PacketCache>,
     /// Set once if the source's media thread died: why.
     pub fatal: Arc<OnceLock<String>>,

@@ -1,7 +1,8 @@
 //! RTP packetization, done once per access unit and shared by every
-//! receiver (WebRTC viewers now; an RTSP server or a publisher next). One
+//! receiver (WebRTC viewers, publish targets; an RTSP server next). One
 //! module per payload format: [`h264`] (RFC 6184, packetization-mode=1) and
-//! [`h265`] (RFC 7798).
+//! [`h265`] (RFC 7798); [`stamp`] puts one receiver's headers around the
+//! shared payloads.
 //!
 //! In: an [`AccessUnit`] from the hub. Out: an [`Arc<PacketizedAu>`]: the
 //! RTP payloads of that access unit in its codec's payload format (single
@@ -11,14 +12,15 @@
 //! sequence number and timestamp on the shared payload `Bytes` (a
 //! reference-count bump, no copy).
 //!
-//! [`PacketCache`] makes "once" true across viewers: the first viewer task
+//! [`PacketCache`] makes "once" true across receivers: the stream owns one
+//! ([`Stream::packets`](crate::stream::Stream)), the first receiver task
 //! that needs an access unit packetizes it under the cache lock (tens of
 //! microseconds even for a large IDR), later ones get the same `Arc`. It is
-//! keyed by the access unit's `seq`, so a viewer starting from the hub's GOP
-//! cache finds those frames already packetized. It is bounded by entries and
-//! bytes; a viewer so far behind that its frame was evicted packetizes it
-//! again (counted in [`PacketCache::packetized`]), which costs CPU, never
-//! correctness. Only viewer tasks touch it, never the media thread.
+//! keyed by the access unit's `seq`, so a receiver starting from the hub's
+//! GOP cache finds those frames already packetized. It is bounded by entries
+//! and bytes; a receiver so far behind that its frame was evicted packetizes
+//! it again (counted in [`PacketCache::packetized`]), which costs CPU, never
+//! correctness. Only receiver tasks touch it, never the media thread.
 //!
 //! Access unit delimiters and filler data are not sent: they carry nothing a
 //! receiver uses. The cached parameter sets go in front of a keyframe that
@@ -27,6 +29,7 @@
 
 pub mod h264;
 pub mod h265;
+pub mod stamp;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +39,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::codec::{AccessUnit, Codec};
+
+pub use stamp::Stamp;
 
 /// RTP payload budget: 1200 bytes of RTP packet minus the 12-byte header,
 /// which keeps SRTP + UDP + IPv6 well under a 1280-byte path MTU.
@@ -68,8 +73,8 @@ pub fn rtp_time_90k(capture: Duration) -> u32 {
     (capture.as_nanos() * 90_000 / 1_000_000_000) as u32
 }
 
-/// One viewer's RTP packet around a shared payload: only the header is this
-/// viewer's; the payload is a reference-count bump, not a copy.
+/// One receiver's RTP packet around a shared payload: only the header is
+/// this receiver's; the payload is a reference-count bump, not a copy.
 pub fn rtp_packet(
     payload: &Bytes,
     ssrc: u32,
@@ -112,7 +117,7 @@ pub const CACHE_MAX_ENTRIES: usize = 32;
 /// Bytes of payload the cache keeps at most.
 pub const CACHE_MAX_BYTES: usize = 4 << 20;
 
-/// Packetized access units shared by all viewers, keyed by `seq`.
+/// Packetized access units shared by all receivers of a stream, keyed by `seq`.
 #[derive(Debug, Default)]
 pub struct PacketCache {
     entries: Mutex<Cache>,
@@ -132,7 +137,7 @@ impl PacketCache {
         PacketCache::default()
     }
 
-    /// The packets of `au`, packetized now if no viewer did it before.
+    /// The packets of `au`, packetized now if no receiver did it before.
     pub fn get(&self, au: &AccessUnit) -> Arc<PacketizedAu> {
         // The lock only guards in-memory bookkeeping; a poisoned one still
         // holds a consistent queue (pushes and pops are single calls).

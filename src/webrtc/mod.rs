@@ -72,12 +72,12 @@
 //! every slot taken.
 
 pub mod negotiate;
+pub(crate) mod peer;
 mod viewer;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -88,6 +88,8 @@ use crate::stream::Stream;
 use crate::tasks::TaskSet;
 
 pub use negotiate::{Choice, NegotiationError};
+
+pub(crate) use crate::random::{random_id, random_u32};
 
 /// The RTP header extension that carries a frame's capture time (64-bit
 /// NTP wall clock), sent when the viewer's offer has it; browsers and the
@@ -337,27 +339,6 @@ impl Inner {
             self.stream.metrics.webrtc_buffer_usage_percent.set(usage.values().copied().max().unwrap_or(0));
         }
     }
-
-    /// The socket addresses a new peer connection binds.
-    fn bind_addrs(&self) -> Vec<Vec<SocketAddr>> {
-        let ips =
-            if self.config.ips.is_empty() { vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)] } else { self.config.ips.clone() };
-        match self.config.udp_port_range {
-            None => vec![ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect()],
-            Some((low, high)) => {
-                // Candidates to try, starting after the last port handed out,
-                // so consecutive viewers do not race for the same port.
-                let span = u32::from(high - low) + 1;
-                let start = u32::from(self.next_port.fetch_add(1, Ordering::Relaxed)) % span;
-                (0..span.min(64))
-                    .map(|i| {
-                        let port = low + ((start + i) % span) as u16;
-                        ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
-                    })
-                    .collect()
-            }
-        }
-    }
 }
 
 /// All viewers; cheap to clone. Owns its own tokio runtime.
@@ -503,29 +484,6 @@ pub fn pending_limit(max_clients: usize) -> usize {
     max_clients.saturating_sub(1).clamp(1, MAX_PENDING_PER_CLIENT)
 }
 
-/// 128 random bits from the OS, hex: session ids must not be guessable,
-/// since knowing one lets a client end that viewer (WHEP DELETE).
-fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).is_err() {
-        // No /dev/urandom (never on the boards): fall back to std's
-        // per-process random hasher keys.
-        use std::hash::{BuildHasher, Hasher};
-        for chunk in bytes.chunks_mut(8) {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(std::time::SystemTime::now().elapsed().unwrap_or_default().as_nanos());
-            chunk.copy_from_slice(&hasher.finish().to_le_bytes());
-        }
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A random u32 (SSRCs, initial sequence numbers and timestamps).
-pub(crate) fn random_u32() -> u32 {
-    let id = random_id();
-    u32::from_str_radix(&id[..8], 16).unwrap_or(0x5eed_1234)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,13 +497,5 @@ mod tests {
         assert_eq!(parse_ips("127.0.0.1, ::1").unwrap().len(), 2);
         assert!(parse_ips("nope").is_err());
         assert_eq!(parse_stun("stun.example:3478,stun:a:1"), vec!["stun:stun.example:3478", "stun:a:1"]);
-    }
-
-    #[test]
-    fn session_ids_are_random_hex() {
-        let (a, b) = (random_id(), random_id());
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     }
 }

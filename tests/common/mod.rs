@@ -31,6 +31,8 @@ pub fn unique_shm(tag: &str) -> String {
 pub struct Proc {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// Set when the stderr reader has read everything (the pipe closed).
+    drained: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proc {
@@ -57,7 +59,8 @@ impl Proc {
         let mut child = command.spawn().expect("spawn streaming-server");
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, done) = (lines.clone(), drained.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("TEST_ECHO_LOGS").is_some() {
@@ -65,8 +68,9 @@ impl Proc {
                 }
                 sink.lock().unwrap().push(line);
             }
+            done.store(true, Ordering::SeqCst);
         });
-        Proc { child, lines }
+        Proc { child, lines, drained }
     }
 
     /// Waits until a stderr line contains `needle`; returns that line.
@@ -91,11 +95,17 @@ impl Proc {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
-    /// Waits for exit up to `timeout`; the exit status if it exited.
+    /// Waits for exit up to `timeout`; the exit status if it exited. Its
+    /// last lines are in `log()` then (the reader is given up to a second
+    /// to drain the pipe: under load it can lag behind the exit).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                let drain_until = Instant::now() + Duration::from_secs(1);
+                while !self.drained.load(Ordering::SeqCst) && Instant::now() < drain_until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(5));

@@ -1,35 +1,9 @@
-//! Reconnect delays and the transport to try next.
+//! Reconnect delays ([`Backoff`], shared with the publishers) and the
+//! transport to try next.
 
-use std::time::Duration;
+pub use crate::backoff::Backoff;
 
 use super::Transport;
-
-/// Capped exponential backoff: `min`, doubling up to `max`.
-#[derive(Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        let max = max.max(min);
-        Backoff { min, max, next: min }
-    }
-
-    /// The delay before the next attempt; the one after doubles (capped).
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// Back to `min`: the last session was healthy.
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
 
 /// The concrete transport for each attempt. `Auto` starts with TCP and
 /// switches to the other one after an attempt that failed in a way the
@@ -70,15 +44,6 @@ impl TransportChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn doubles_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let got: Vec<_> = (0..9).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(500));
-    }
 
     #[test]
     fn auto_alternates_only_on_transport_failures() {
