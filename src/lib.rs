@@ -36,6 +36,7 @@ pub mod config;
 pub mod control;
 pub mod fake_camera;
 pub mod health;
+pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod load_client;

@@ -1,0 +1,4 @@
+//! LL-HLS.
+pub mod playlist;
+pub mod segmenter;
+pub mod window;
