@@ -98,6 +98,10 @@ pub struct Args {
     /// bodies must arrive within it; idle connections close after it.
     #[arg(long = "http-timeout-ms", default_value_t = 10_000)]
     pub http_timeout_ms: u64,
+    /// A path's HLS muxer stops (and frees its memory, and an on-demand
+    /// source its camera) this long after the last HLS request (e.g. 30s, 2m).
+    #[arg(long = "hls-close-after", default_value = "30s")]
+    pub hls_close_after: String,
     /// Run a built-in fake camera playing a demo clip (no camera needed).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub demo: bool,

@@ -176,7 +176,12 @@ fn serve(args: &Args) -> Result<(), String> {
     webrtc_config.stun = webrtc::parse_stun(&args.stun);
     webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
     webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
-    let paths = Arc::new(Paths::new(configs, &metrics, &webrtc_config, runtime.handle(), &shutdown)?);
+    let hls_config = streaming_server::hls::HlsConfig {
+        close_after: recorder::parse_duration(&args.hls_close_after)?
+            .ok_or("-hls-close-after must be at least 1s")?,
+        ..Default::default()
+    };
+    let paths = Arc::new(Paths::new(configs, &metrics, &webrtc_config, hls_config, runtime.handle(), &shutdown)?);
     let listeners = start_listeners(args, &metrics, &paths, &health, &shutdown, runtime.handle())?;
 
     let sources = TaskSet::new();

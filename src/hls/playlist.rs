@@ -149,7 +149,7 @@ mod tests {
     /// `segments` complete one-second segments of five parts, then one
     /// being made with `open_parts` parts.
     fn window(segments: usize, open_parts: usize) -> Window {
-        let mut window = Window::new(WindowLimits { playlist_segments: 10, grace_segments: 2, max_bytes: 1 << 20 });
+        let mut window = Window::new(WindowLimits { playlist_segments: 10, grace_segments: 2, max_bytes: 1 << 20 }, 0);
         let init = window.add_init(Bytes::from_static(b"init"), "avc1.640028".into());
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for i in 0..segments + 1 {

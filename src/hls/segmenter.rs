@@ -7,8 +7,8 @@
 //! - A frame's duration is the gap to the next frame's capture time, in
 //!   90 kHz ticks (from the absolute times, so rounding never accumulates);
 //!   a frame is therefore placed one frame late, when the next arrives.
-//! - A part closes once it holds [`PART_MIN`] of media (six frames at
-//!   30 fps); parts never straddle segments.
+//! - A part closes once it holds [`PART_MIN`] of media, give or take half
+//!   a frame (six frames at 30 fps); parts never straddle segments.
 //! - A segment begins at a keyframe and ends at the first keyframe after
 //!   [`SEGMENT_MIN`] (one GOP of ~1 s, two of a 0.5 s GOP); a camera whose
 //!   GOP is longer than [`SEGMENT_MAX`] or whose segment would pass
@@ -139,7 +139,10 @@ impl Segmenter {
             self.continues = false;
         } else if au.is_keyframe && self.segment_ticks >= ticks(SEGMENT_MIN) {
             self.close_segment(out);
-        } else if self.part_ticks >= ticks(PART_MIN) {
+        } else if self.part_ticks + u64::from(self.last_duration.unwrap_or(0) / 2) >= ticks(PART_MIN) {
+            // Within half a frame: capture times jitter, and six frames of
+            // a 30 fps camera must not become seven because they measure
+            // 199.9 ms.
             self.close_part(out);
             if self.segment_ticks >= ticks(SEGMENT_MAX) || self.segment_bytes >= SEGMENT_MAX_BYTES {
                 self.close_segment(out);

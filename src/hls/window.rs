@@ -6,11 +6,13 @@
 //! values.
 //!
 //! Numbering (RFC 8216bis 6.2.2): media sequence numbers (MSN) count
-//! segments from 0 for the life of the process and are never reused, also
-//! across a stop and restart of the muxer (a client that held an old
-//! playlist then sees a jump, never a repeat); a part is named by its
-//! segment's MSN and its index in that segment. Init segments get ids the
-//! same way. EXT-X-DISCONTINUITY-SEQUENCE counts the discontinuities that
+//! segments up from a first number for the life of the process and are
+//! never reused, also across a stop and restart of the muxer (a client that
+//! held an old playlist then sees a jump, never a repeat); a part is named
+//! by its segment's MSN and its index in that segment. Init segments get
+//! ids the same way. The caller picks the first number so that URIs never
+//! repeat across restarts of the process either (media is served as
+//! immutable). EXT-X-DISCONTINUITY-SEQUENCE counts the discontinuities that
 //! left the playlist.
 //!
 //! Memory: a segment's bytes are its parts' bytes (a segment is served as
@@ -187,13 +189,14 @@ pub struct Window {
 }
 
 impl Window {
-    pub fn new(limits: WindowLimits) -> Window {
+    /// A window whose first segment and init segment are numbered `first`.
+    pub fn new(limits: WindowLimits, first: u64) -> Window {
         Window {
             limits,
             segments: VecDeque::new(),
             inits: VecDeque::new(),
-            next_msn: 0,
-            next_init: 0,
+            next_msn: first,
+            next_init: first,
             dropped_discontinuities: 0,
             target_duration: 0,
             part_target: 0,
@@ -396,7 +399,7 @@ mod tests {
 
     #[test]
     fn numbers_only_grow_and_the_window_slides_by_count() {
-        let mut window = Window::new(WindowLimits { playlist_segments: 3, grace_segments: 1, max_bytes: 1 << 20 });
+        let mut window = Window::new(WindowLimits { playlist_segments: 3, grace_segments: 1, max_bytes: 1 << 20 }, 0);
         window.add_init(Bytes::from_static(b"init"), "avc1.42c01f".into());
         for expected in 0..6 {
             assert_eq!(segment(&mut window, 5, false), expected);
@@ -415,13 +418,13 @@ mod tests {
 
     #[test]
     fn the_window_is_bounded_in_bytes_but_keeps_the_newest_segment() {
-        let mut window = Window::new(WindowLimits { playlist_segments: 10, grace_segments: 2, max_bytes: 1000 });
+        let mut window = Window::new(WindowLimits { playlist_segments: 10, grace_segments: 2, max_bytes: 1000 }, 0);
         for _ in 0..5 {
             segment(&mut window, 4, false); // 400 bytes each
         }
         assert_eq!(window.segments().len(), 2);
         assert!(window.bytes() <= 1000);
-        let mut huge = Window::new(WindowLimits { playlist_segments: 10, grace_segments: 2, max_bytes: 10 });
+        let mut huge = Window::new(WindowLimits { playlist_segments: 10, grace_segments: 2, max_bytes: 10 }, 0);
         segment(&mut huge, 4, false);
         segment(&mut huge, 4, false);
         assert_eq!(huge.segments().len(), 1, "one complete segment always stays");
@@ -429,7 +432,7 @@ mod tests {
 
     #[test]
     fn discontinuities_that_leave_the_playlist_are_counted() {
-        let mut window = Window::new(WindowLimits { playlist_segments: 2, grace_segments: 1, max_bytes: 1 << 20 });
+        let mut window = Window::new(WindowLimits { playlist_segments: 2, grace_segments: 1, max_bytes: 1 << 20 }, 0);
         segment(&mut window, 1, false);
         segment(&mut window, 1, true);
         segment(&mut window, 1, false);
@@ -442,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_segment_without_parts_is_not_kept_and_its_discontinuity_moves_on() {
-        let mut window = Window::new(WindowLimits::default());
+        let mut window = Window::new(WindowLimits::default(), 0);
         segment(&mut window, 1, false);
         window.begin_segment(0, true, SystemTime::UNIX_EPOCH);
         window.end_segment();
