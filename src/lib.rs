@@ -16,8 +16,11 @@
 //! - [`source`]: the sources ([`source::ring`]: the daemon's ring, whose
 //!   layout is in [`abi`]; [`source::rtsp`]: IP cameras; the demo camera) and
 //!   their supervisor; [`fake_camera`]: a daemon stand-in that plays a clip.
-//! - [`codec`]: Annex-B splitting and the H.264 processor (SPS parsing, SPS/PPS
-//!   cache, IDR rules).
+//! - [`codec`]: Annex-B splitting and the H.264/H.265 processors (SPS
+//!   parsing, parameter-set cache, keyframe rules).
+//! - [`mp4`]: access units to MP4 without decoding: fMP4 init segments and
+//!   fragments (LL-HLS), and raw recordings served as faststart MP4 on the
+//!   fly.
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
 //! - [`recorder`]: raw `.h264` files on their own thread.
@@ -41,6 +44,7 @@ pub mod http;
 pub mod hub;
 pub mod load_client;
 pub mod metrics;
+pub mod mp4;
 pub mod paths;
 pub mod profiling;
 pub mod ratelimit;

@@ -72,7 +72,7 @@ async fn chrome_firefox_and_safari_offers_get_well_formed_answers() {
 }
 
 fn sps(profile_idc: u8, constraint_flags: u8, level_idc: u8) -> VideoInfo {
-    VideoInfo::H264(SpsInfo { profile_idc, constraint_flags, level_idc, width: 1920, height: 1080 })
+    VideoInfo::H264(SpsInfo::with_profile(profile_idc, constraint_flags, level_idc, 1920, 1080))
 }
 
 #[test]

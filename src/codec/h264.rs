@@ -49,15 +49,45 @@ pub struct SpsInfo {
     /// constraint_set0..5 flags and the two reserved bits, as sent.
     pub constraint_flags: u8,
     pub level_idc: u8,
+    /// 0 monochrome, 1 4:2:0, 2 4:2:2, 3 4:4:4 (1 where the profile has no
+    /// field for it).
+    pub chroma_format_idc: u8,
+    pub bit_depth_luma: u8,
+    pub bit_depth_chroma: u8,
     /// Picture size after frame cropping.
     pub width: u32,
     pub height: u32,
+    /// `(time_scale, 2 * num_units_in_tick)`: frames per second as a
+    /// fraction, when the VUI has timing info (None when absent, zero, or
+    /// when the VUI does not parse).
+    pub frame_rate: Option<(u32, u32)>,
 }
 
 impl SpsInfo {
     /// The `profile-level-id` value for SDP (RFC 6184): six hex digits.
     pub fn profile_level_id(&self) -> String {
         format!("{:02x}{:02x}{:02x}", self.profile_idc, self.constraint_flags, self.level_idc)
+    }
+
+    /// A 4:2:0 8-bit stream of this profile, level and size, with no frame
+    /// rate (what a capability check needs to know of a camera).
+    pub fn with_profile(profile_idc: u8, constraint_flags: u8, level_idc: u8, width: u32, height: u32) -> SpsInfo {
+        SpsInfo {
+            profile_idc,
+            constraint_flags,
+            level_idc,
+            chroma_format_idc: 1,
+            bit_depth_luma: 8,
+            bit_depth_chroma: 8,
+            width,
+            height,
+            frame_rate: None,
+        }
+    }
+
+    /// Frames per second from the VUI timing info.
+    pub fn fps(&self) -> Option<f64> {
+        self.frame_rate.map(|(scale, ticks)| f64::from(scale) / f64::from(ticks))
     }
 }
 
@@ -157,13 +187,14 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
     r.ue_max("seq_parameter_set_id", 31)?;
     let mut chroma_format_idc = 1;
     let mut separate_colour_plane = false;
+    let (mut bit_depth_luma, mut bit_depth_chroma) = (8, 8);
     if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
         chroma_format_idc = r.ue_max("chroma_format_idc", 3)?;
         if chroma_format_idc == 3 {
             separate_colour_plane = r.bit()? == 1;
         }
-        r.ue_max("bit_depth_luma_minus8", 6)?;
-        r.ue_max("bit_depth_chroma_minus8", 6)?;
+        bit_depth_luma = r.ue_max("bit_depth_luma_minus8", 6)? as u8 + 8;
+        bit_depth_chroma = r.ue_max("bit_depth_chroma_minus8", 6)? as u8 + 8;
         r.bit()?; // qpprime_y_zero_transform_bypass_flag
         if r.bit()? == 1 {
             // seq_scaling_matrix_present_flag: skip the scaling lists.
@@ -235,7 +266,74 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
         width -= crop_w;
         height -= crop_h;
     }
-    Ok(SpsInfo { profile_idc, constraint_flags, level_idc, width, height })
+    // The VUI only gives the frame rate: an SPS whose VUI does not parse is
+    // still usable (as ffmpeg tolerates it), without a frame rate.
+    let frame_rate = match r.bit() {
+        Ok(1) => vui_frame_rate(&mut r).unwrap_or(None),
+        _ => None,
+    };
+    Ok(SpsInfo {
+        profile_idc,
+        constraint_flags,
+        level_idc,
+        chroma_format_idc: chroma_format_idc as u8,
+        bit_depth_luma,
+        bit_depth_chroma,
+        width,
+        height,
+        frame_rate,
+    })
+}
+
+/// vui_parameters() (E.1.1) up to the timing info.
+fn vui_frame_rate(r: &mut BitReader<'_>) -> Result<Option<(u32, u32)>, SpsError> {
+    if r.bit()? == 1 && r.bits(8)? == 255 {
+        // aspect_ratio_info_present_flag, aspect_ratio_idc == Extended_SAR
+        r.bits(16)?; // sar_width
+        r.bits(16)?; // sar_height
+    }
+    if r.bit()? == 1 {
+        r.bit()?; // overscan_appropriate_flag
+    }
+    if r.bit()? == 1 {
+        // video_signal_type_present_flag
+        r.bits(4)?; // video_format, video_full_range_flag
+        if r.bit()? == 1 {
+            r.bits(24)?; // colour_primaries, transfer_characteristics, matrix_coefficients
+        }
+    }
+    if r.bit()? == 1 {
+        // chroma_loc_info_present_flag
+        r.ue_max("chroma_sample_loc_type_top_field", 5)?;
+        r.ue_max("chroma_sample_loc_type_bottom_field", 5)?;
+    }
+    if r.bit()? == 0 {
+        return Ok(None); // timing_info_present_flag
+    }
+    let num_units_in_tick = r.bits(32)?;
+    let time_scale = r.bits(32)?;
+    // A frame is two ticks (E.2.1: a tick is one field period).
+    let ticks = num_units_in_tick.checked_mul(2).filter(|&t| t != 0);
+    Ok(ticks.filter(|_| time_scale != 0).map(|ticks| (time_scale, ticks)))
+}
+
+/// `slice_type` of a coded slice NAL unit (header byte included): 0..=9,
+/// where `% 5` gives P 0, B 1, I 2, SP 3, SI 4. None for a header too
+/// short to say.
+pub fn slice_type(nal: &[u8]) -> Option<u32> {
+    // The two fields are within the first bytes: ue(v) of a slice header
+    // field is at most 32 bits here.
+    let head = nal.get(1..).unwrap_or_default();
+    let rbsp = nal_to_rbsp(&head[..head.len().min(10)]);
+    let mut r = BitReader { data: &rbsp, bit: 0 };
+    r.ue().ok()?; // first_mb_in_slice
+    r.ue().ok()
+}
+
+/// Whether a coded slice is a B slice: its picture may be shown before the
+/// pictures it is decoded after (the stream reorders pictures).
+pub fn is_b_slice(nal: &[u8]) -> bool {
+    matches!(nal_unit_type(nal), nal_type::SLICE | nal_type::IDR) && slice_type(nal).is_some_and(|t| t % 5 == 1)
 }
 
 /// Why the processor refused a frame.
@@ -454,41 +552,27 @@ fn looks_like_h265(data: &[u8], ranges: &[Range<usize>]) -> bool {
         && nals().any(|nal| super::h265::nal_unit_type(nal) < 32)
 }
 
+/// A coded slice (the NAL units that make a picture: types 1 and 5).
+pub fn is_vcl(nal_type: u8) -> bool {
+    matches!(nal_type, nal_type::SLICE | nal_type::IDR)
+}
+
+/// Whether this NAL unit begins a new access unit, given whether the
+/// current one already has a slice (7.4.1.2.3): an AUD, SPS, PPS or SEI
+/// after a slice, or a slice whose `first_mb_in_slice` is 0.
+pub fn starts_access_unit(nal: &[u8], seen_vcl: bool) -> bool {
+    match nal_unit_type(nal) {
+        nal_type::AUD | nal_type::SPS | nal_type::PPS | nal_type::SEI => seen_vcl,
+        // first_mb_in_slice is ue(v): 0 is the single bit '1'.
+        kind if is_vcl(kind) => seen_vcl && nal.get(1).is_some_and(|b| b & 0x80 != 0),
+        _ => false,
+    }
+}
+
 /// Groups a raw Annex-B elementary stream (a `.h264` file) into access
-/// units, for the fake camera: a new access unit starts at an AUD, SPS,
-/// PPS or SEI after a slice, or at a slice whose `first_mb_in_slice` is 0.
+/// units by [`starts_access_unit`].
 pub fn split_access_units(stream: &[u8]) -> Vec<Range<usize>> {
-    let mut units = Vec::new();
-    let mut start: Option<usize> = None;
-    let mut seen_slice = false;
-    for nal in split_annexb(stream) {
-        let kind = nal_unit_type(&stream[nal.clone()]);
-        // Include this NAL's start code (3 or 4 bytes) in its access unit.
-        let mut begin = nal.start - 3;
-        if begin > 0 && stream[begin - 1] == 0 {
-            begin -= 1;
-        }
-        let is_slice = matches!(kind, nal_type::SLICE | nal_type::IDR);
-        let first_mb_zero = is_slice && stream.get(nal.start + 1).is_some_and(|b| b & 0x80 != 0);
-        let starts_new = match kind {
-            nal_type::AUD | nal_type::SPS | nal_type::PPS | nal_type::SEI => seen_slice,
-            _ if is_slice => seen_slice && first_mb_zero,
-            _ => false,
-        };
-        if starts_new {
-            if let Some(s) = start {
-                units.push(s..begin);
-            }
-            start = Some(begin);
-            seen_slice = false;
-        }
-        start.get_or_insert(begin);
-        seen_slice |= is_slice;
-    }
-    if let Some(s) = start {
-        units.push(s..stream.len());
-    }
-    units
+    super::Codec::H264.split_access_units(stream)
 }
 
 #[cfg(test)]
@@ -557,6 +641,35 @@ mod tests {
         assert_eq!((info.profile_idc, info.constraint_flags, info.level_idc), (66, 0xc0, 31));
         assert_eq!((info.width, info.height), (640, 360));
         assert_eq!(info.profile_level_id(), "42c01f");
+        assert_eq!((info.chroma_format_idc, info.bit_depth_luma, info.bit_depth_chroma), (1, 8, 8));
+        // x264 writes VUI timing: ffprobe says r_frame_rate 30/1.
+        assert_eq!(info.fps(), Some(30.0));
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn parses_chroma_format_bit_depths_and_frame_rate_of_a_high_422_sps() {
+        // ffmpeg -f lavfi -i testsrc2=size=320x240:rate=25 -pix_fmt yuv422p10le -c:v libx264 -f h264:
+        // ffprobe says High 4:2:2, yuv422p10le, 25/1.
+        let info = parse_sps(&hex("677a000db6cd94141fb011000003000100000300320f142996")).unwrap();
+        assert_eq!((info.profile_idc, info.width, info.height), (122, 320, 240));
+        assert_eq!((info.chroma_format_idc, info.bit_depth_luma, info.bit_depth_chroma), (2, 10, 10));
+        assert_eq!(info.fps(), Some(25.0));
+    }
+
+    #[test]
+    fn tells_b_slices_from_p_and_i_slices() {
+        // Slice headers of the same clip: a P slice and a B slice, and the demo's IDR.
+        assert_eq!(slice_type(&hex("419a2306bc6c381e")), Some(5));
+        assert!(!is_b_slice(&hex("419a2306bc6c381e")));
+        assert_eq!(slice_type(&hex("019e624116781efd")), Some(6));
+        assert!(is_b_slice(&hex("019e624116781efd")));
+        assert!(!is_b_slice(&[0x65, 0x88, 0x84]));
+        assert!(!is_b_slice(&[0x06, 0x9e]), "an SEI is no slice");
+        assert_eq!(slice_type(&[0x41]), None);
     }
 
     #[test]

@@ -155,6 +155,9 @@ pub struct SpsInfo {
     /// fraction, when the VUI has timing info (None when absent, zero, or
     /// when the VUI does not parse: ffmpeg also tolerates broken VUIs).
     pub frame_rate: Option<(u32, u32)>,
+    /// `sps_max_num_reorder_pics` of the highest sub-layer: 0 means output
+    /// order is decode order (no B-frame reordering).
+    pub max_num_reorder_pics: u8,
 }
 
 /// The four fields of `profile_tier_level` that RFC 7798 SDP carries.
@@ -342,7 +345,8 @@ const MAX_DIMENSION: u32 = 16_888;
 /// Parses an SPS NAL unit (2-byte header included) of the base layer, far
 /// enough to reach the VUI timing info (ITU-T H.265 7.3.2.2.1, E.2.1).
 pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
-    // Everything after the bit depths only leads to the VUI's frame rate: a
+    // Everything after the sub-layer ordering info only leads to the VUI's
+    // frame rate: a
     // stream whose tail we cannot walk is still usable, so an error there
     // leaves frame_rate at None instead of refusing the SPS.
     let (info, frame_rate) = parse_sps_parts(nal)?;
@@ -428,6 +432,15 @@ fn parse_sps_parts(nal: &[u8]) -> Result<SpsParts, SpsError> {
     }
     let bit_depth_luma = r.ue_max("bit_depth_luma_minus8", 8)? as u8 + 8;
     let bit_depth_chroma = r.ue_max("bit_depth_chroma_minus8", 8)? as u8 + 8;
+    let log2_max_poc_lsb = r.ue_max("log2_max_pic_order_cnt_lsb_minus4", 12)? + 4;
+    let ordering_info_present = r.flag()?;
+    let first = if ordering_info_present { 0 } else { max_sub_layers_minus1 };
+    let mut max_num_reorder_pics = 0;
+    for _ in first..=max_sub_layers_minus1 {
+        r.ue_max("sps_max_dec_pic_buffering_minus1", 15)?;
+        max_num_reorder_pics = r.ue_max("sps_max_num_reorder_pics", 15)? as u8;
+        r.ue()?; // sps_max_latency_increase_plus1
+    }
     let info = SpsInfo {
         general_profile_space,
         general_tier_flag,
@@ -443,21 +456,14 @@ fn parse_sps_parts(nal: &[u8]) -> Result<SpsParts, SpsError> {
         width,
         height,
         frame_rate: None,
+        max_num_reorder_pics,
     };
-    Ok((info, sps_tail_frame_rate(&mut r, max_sub_layers_minus1)))
+    Ok((info, sps_tail_frame_rate(&mut r, log2_max_poc_lsb)))
 }
 
-/// Walks the SPS from `log2_max_pic_order_cnt_lsb_minus4` to the VUI timing
-/// info.
-fn sps_tail_frame_rate(r: &mut BitReader<'_>, max_sub_layers_minus1: u32) -> Result<Option<(u32, u32)>, SpsError> {
-    let log2_max_poc_lsb = r.ue_max("log2_max_pic_order_cnt_lsb_minus4", 12)? + 4;
-    let ordering_info_present = r.flag()?;
-    let first = if ordering_info_present { 0 } else { max_sub_layers_minus1 };
-    for _ in first..=max_sub_layers_minus1 {
-        r.ue_max("sps_max_dec_pic_buffering_minus1", 15)?;
-        r.ue_max("sps_max_num_reorder_pics", 15)?;
-        r.ue()?; // sps_max_latency_increase_plus1
-    }
+/// Walks the SPS from `log2_min_luma_coding_block_size_minus3` to the VUI
+/// timing info.
+fn sps_tail_frame_rate(r: &mut BitReader<'_>, log2_max_poc_lsb: u32) -> Result<Option<(u32, u32)>, SpsError> {
     r.ue_max("log2_min_luma_coding_block_size_minus3", 3)?;
     r.ue_max("log2_diff_max_min_luma_coding_block_size", 3)?;
     r.ue_max("log2_min_luma_transform_block_size_minus2", 3)?;
@@ -848,47 +854,27 @@ impl Processor {
     }
 }
 
+/// Whether this NAL unit begins a new access unit, given whether the
+/// current one already has a VCL NAL unit (ITU-T H.265 7.4.2.4.4): after
+/// one, a base-layer AUD, VPS, SPS, PPS, prefix SEI or NAL unit of type
+/// 41..=44 or 48..=55 starts a new one, and so does a slice segment with
+/// `first_slice_segment_in_pic_flag` set.
+pub fn starts_access_unit(nal: &[u8], seen_vcl: bool) -> bool {
+    let kind = nal_unit_type(nal);
+    nuh_layer_id(nal) == 0
+        && seen_vcl
+        && match kind {
+            nal_type::AUD | nal_type::VPS | nal_type::SPS | nal_type::PPS | nal_type::PREFIX_SEI => true,
+            41..=44 | 48..=55 => true,
+            _ => is_vcl(kind) && first_slice_segment_in_pic(nal),
+        }
+}
+
 /// Groups a raw Annex-B elementary stream (a `.h265` file) into access
-/// units, for the fake camera (ITU-T H.265 7.4.2.4.4): after a VCL NAL unit
-/// of the current access unit, a base-layer AUD, VPS, SPS, PPS, prefix SEI
-/// or NAL unit of type 41..=44 or 48..=55 starts a new one, and so does a
-/// slice segment with `first_slice_segment_in_pic_flag` set. Each range
-/// includes its NAL units' start codes; bytes before the first start code
-/// are left out.
+/// units by [`starts_access_unit`]. Each range includes its NAL units'
+/// start codes; bytes before the first start code are left out.
 pub fn split_access_units(stream: &[u8]) -> Vec<Range<usize>> {
-    let mut units = Vec::new();
-    let mut start: Option<usize> = None;
-    let mut seen_vcl = false;
-    for nal in split_annexb(stream) {
-        let bytes = stream.get(nal.clone()).unwrap_or_default();
-        let kind = nal_unit_type(bytes);
-        // Include this NAL's start code (3 or 4 bytes) in its access unit.
-        let mut begin = nal.start.saturating_sub(3);
-        if begin > 0 && stream.get(begin - 1) == Some(&0) {
-            begin -= 1;
-        }
-        let base_layer = nuh_layer_id(bytes) == 0;
-        let starts_new = base_layer
-            && seen_vcl
-            && match kind {
-                nal_type::AUD | nal_type::VPS | nal_type::SPS | nal_type::PPS | nal_type::PREFIX_SEI => true,
-                41..=44 | 48..=55 => true,
-                _ => is_vcl(kind) && first_slice_segment_in_pic(bytes),
-            };
-        if starts_new {
-            if let Some(s) = start {
-                units.push(s..begin);
-            }
-            start = Some(begin);
-            seen_vcl = false;
-        }
-        start.get_or_insert(begin);
-        seen_vcl |= is_vcl(kind);
-    }
-    if let Some(s) = start {
-        units.push(s..stream.len());
-    }
-    units
+    super::Codec::H265.split_access_units(stream)
 }
 
 #[cfg(test)]
@@ -1074,6 +1060,10 @@ mod tests {
         }
         let sizes: Vec<(u32, u32)> =
             vectors[..4].iter().map(|v| parse_sps(v).map(|i| (i.width, i.height)).unwrap()).collect();
+        // x265's default streams have B-frames (x265 writes 2 reorder
+        // pictures with b-pyramid, 1 without); the demo clip (bframes=0) none.
+        let reorder: Vec<u8> = vectors.iter().map(|v| parse_sps(v).unwrap().max_num_reorder_pics).collect();
+        assert_eq!(reorder, [2, 2, 2, 2, 0]);
         // What ffprobe -show_entries stream=width,height printed for each.
         assert_eq!(sizes, [(1280, 720), (640, 360), (1920, 1080), (1280, 720)]);
     }

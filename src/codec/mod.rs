@@ -56,6 +56,16 @@ impl Codec {
         }
     }
 
+    /// The codec of a raw elementary stream file by its extension (`h264`,
+    /// `264`, `avc`; `h265`, `265`, `hevc`), case-insensitive.
+    pub fn from_extension(ext: &str) -> Option<Codec> {
+        match ext.to_ascii_lowercase().as_str() {
+            "h264" | "264" | "avc" => Some(Codec::H264),
+            "h265" | "265" | "hevc" => Some(Codec::H265),
+            _ => None,
+        }
+    }
+
     /// The type of a NAL unit from its header.
     pub fn nal_type(self, nal: &[u8]) -> u8 {
         match self {
@@ -97,13 +107,54 @@ impl Codec {
         }
     }
 
-    /// Groups an Annex-B elementary stream (a `.h264`/`.h265` file) into
-    /// access units.
-    pub fn split_access_units(self, stream: &[u8]) -> Vec<Range<usize>> {
+    /// Whether a NAL unit is a coded slice (part of a picture).
+    pub fn is_vcl(self, nal: &[u8]) -> bool {
         match self {
-            Codec::H264 => h264::split_access_units(stream),
-            Codec::H265 => h265::split_access_units(stream),
+            Codec::H264 => h264::is_vcl(h264::nal_unit_type(nal)),
+            Codec::H265 => h265::is_vcl(h265::nal_unit_type(nal)),
         }
+    }
+
+    /// Whether a NAL unit begins a new access unit, given whether the
+    /// current one already has a slice ([`h264::starts_access_unit`],
+    /// [`h265::starts_access_unit`]). Only the first bytes of the NAL unit
+    /// are looked at (3 at most), so a NAL unit's head is enough.
+    pub fn starts_access_unit(self, nal: &[u8], seen_vcl: bool) -> bool {
+        match self {
+            Codec::H264 => h264::starts_access_unit(nal, seen_vcl),
+            Codec::H265 => h265::starts_access_unit(nal, seen_vcl),
+        }
+    }
+
+    /// Groups an Annex-B elementary stream (a `.h264`/`.h265` file) held
+    /// in memory into access units: ranges that include their start codes
+    /// (with one leading zero of a 4-byte code); consecutive ranges touch.
+    /// Bytes before the first start code are left out.
+    pub fn split_access_units(self, stream: &[u8]) -> Vec<Range<usize>> {
+        let mut units = Vec::new();
+        let mut start: Option<usize> = None;
+        let mut seen_vcl = false;
+        for nal in annexb::NalUnits::new(stream) {
+            let bytes = &stream[nal.clone()];
+            // This NAL's start code (3 or 4 bytes) belongs to its access unit.
+            let mut begin = nal.start.saturating_sub(3);
+            if begin > 0 && stream.get(begin - 1) == Some(&0) {
+                begin -= 1;
+            }
+            if self.starts_access_unit(bytes, seen_vcl) {
+                if let Some(s) = start {
+                    units.push(s..begin);
+                }
+                start = Some(begin);
+                seen_vcl = false;
+            }
+            start.get_or_insert(begin);
+            seen_vcl |= self.is_vcl(bytes);
+        }
+        if let Some(s) = start {
+            units.push(s..stream.len());
+        }
+        units
     }
 }
 
@@ -263,7 +314,7 @@ impl AccessUnit {
     /// The access unit as Annex-B byte chunks, for writing to a file: the
     /// camera's bytes, with the cached parameter sets (if prepended) after
     /// its access unit delimiter, or in front when it has none.
-    pub fn annexb_chunks(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn annexb_chunks(&self) -> impl Iterator<Item = &[u8]> + Clone {
         let prefix = self.prepended().map(|ps| &ps.annexb[..]);
         // The cut is at the end of the AUD's payload, so the rest begins
         // with the next start code.

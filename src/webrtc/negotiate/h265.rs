@@ -307,6 +307,7 @@ mod tests {
             width: 1920,
             height: 1080,
             frame_rate: Some((30, 1)),
+            max_num_reorder_pics: 0,
         }
     }
 

@@ -491,7 +491,7 @@ mod tests {
     use super::*;
 
     fn sps(profile_idc: u8, constraint_flags: u8, level_idc: u8) -> VideoInfo {
-        VideoInfo::H264(SpsInfo { profile_idc, constraint_flags, level_idc, width: 640, height: 360 })
+        VideoInfo::H264(SpsInfo::with_profile(profile_idc, constraint_flags, level_idc, 640, 360))
     }
 
     fn offer(fmtps: &[(u8, &str)]) -> String {
