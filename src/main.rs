@@ -177,8 +177,7 @@ fn serve(args: &Args) -> Result<(), String> {
     webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
     webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
     let hls_config = streaming_server::hls::HlsConfig {
-        close_after: recorder::parse_duration(&args.hls_close_after)?
-            .ok_or("-hls-close-after must be at least 1s")?,
+        close_after: recorder::parse_duration(&args.hls_close_after)?.ok_or("-hls-close-after must be at least 1s")?,
         ..Default::default()
     };
     let paths = Arc::new(Paths::new(configs, &metrics, &webrtc_config, hls_config, runtime.handle(), &shutdown)?);

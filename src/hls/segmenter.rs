@@ -197,13 +197,7 @@ mod tests {
     use bytes::Bytes;
 
     fn parameter_sets(sps: &'static [u8]) -> Arc<ParameterSets> {
-        let info = crate::codec::h264::SpsInfo {
-            profile_idc: 66,
-            constraint_flags: 0xc0,
-            level_idc: 31,
-            width: 640,
-            height: 360,
-        };
+        let info = crate::codec::h264::SpsInfo::with_profile(66, 0xc0, 31, 640, 360);
         Arc::new(ParameterSets::new(
             None,
             Bytes::from_static(sps),
