@@ -203,6 +203,10 @@ pub struct LoadClientArgs {
     /// fail the run.
     #[arg(long)]
     pub verify: Option<PathBuf>,
+    /// LL-HLS clients to run beside the viewers (GET NAME/index.m3u8 with
+    /// blocking reloads, every part fetched); -viewers 0 for HLS only.
+    #[arg(long, default_value_t = 0)]
+    pub hls: usize,
 }
 
 impl FakeCameraArgs {

@@ -116,6 +116,7 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
         token,
         path: args.path.clone(),
         codecs: args.codec.clone(),
+        hls: args.hls,
         verify: match &args.verify {
             Some(path) => {
                 let clip = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -130,6 +131,9 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     if report.connected < report.viewers {
         return Err(format!("{} of {} viewers received nothing", report.viewers - report.connected, report.viewers));
+    }
+    if let Some(hls) = report.hls.as_ref().filter(|h| h.receiving < h.clients) {
+        return Err(format!("{} of {} HLS clients received no part", hls.clients - hls.receiving, hls.clients));
     }
     if let Some(bad) = report.clip_nal_units_mismatched.filter(|&n| n > 0) {
         return Err(format!("{bad} NAL units differ from the clip"));

@@ -158,6 +158,7 @@ async fn the_load_client_gets_capture_times_and_sane_latencies() {
             Codec::H264,
             Arc::new(clip_nal_units(Codec::H264, &std::fs::read(common::demo_clip()).unwrap())),
         )),
+        hls: 0,
     };
     let report = streaming_server::load_client::run(options).await;
     assert_eq!(report.connected, 2, "{:?}", report.per_viewer.iter().map(|v| &v.error).collect::<Vec<_>>());
