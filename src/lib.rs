@@ -7,6 +7,7 @@
 //! ```text
 //! source (ring | rtsp | demo) -> Feed: codec processor -> hub (fan-out) -+-> webrtc viewers
 //!                                                                          +-> recorder
+//!                                                                          +-> hls muxer
 //! ```
 //!
 //! Module map:
@@ -24,9 +25,12 @@
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
 //! - [`recorder`]: raw `.h264` files on their own thread.
+//! - [`hls`]: LL-HLS per path (segmenter, fMP4 muxer on [`mp4`], window,
+//!   playlists, blocking reloads), the fallback for networks without UDP.
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
-//! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks.
+//! - [`load_client`]: N non-decoding WebRTC viewers (and LL-HLS clients)
+//!   for benchmarks.
 //! - [`systemd`]: sd_notify readiness and a watchdog fed by the media threads.
 //! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`]:
 //!   shared leaves that know nothing of video.

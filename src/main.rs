@@ -261,6 +261,13 @@ fn serve(args: &Args) -> Result<(), String> {
             log::warn!("{}: {} viewer tasks still closing at shutdown", path.name(), path.viewers.live_tasks());
         }
     }
+    // HLS muxers stop on the shutdown signal by themselves (no I/O to finish).
+    let hls_deadline = std::time::Instant::now() + Duration::from_millis(300);
+    for path in paths.iter() {
+        if !path.hls.tasks().wait_empty(hls_deadline.saturating_duration_since(std::time::Instant::now())) {
+            log::warn!("{}: HLS muxer still stopping at shutdown", path.name());
+        }
+    }
     for (path, thread) in paths.iter().zip(closing) {
         match thread {
             Ok(thread) => {

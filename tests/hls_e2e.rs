@@ -375,3 +375,50 @@ fn with_a_token_hls_needs_it_and_carries_it_into_the_playlist() {
     let js = get(&server.url("http", "/assets/hls.light.min.js"));
     assert_eq!((js.status, js.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
 }
+
+#[test]
+fn a_codec_change_brings_a_new_init_segment_after_a_discontinuity() {
+    let shm = common::unique_shm("hls_codec_change");
+    let camera = common::fake_camera(&shm, &["-fps", "30", "-file", clip(Codec::H264).to_str().unwrap()]);
+    let records = tempfile::tempdir().unwrap();
+    let server = common::Server::start(
+        &["-shm", &shm, "-http", "127.0.0.1:0", "-metrics", "127.0.0.1:0", "-pprof", ""]
+            .into_iter()
+            .chain(["-record-path", records.path().to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        &["http", "metrics"],
+    );
+    let base = server.url("http", "/cam/");
+    let before = playlist(&format!("{base}index.m3u8"));
+    let h264_init = before.segments[0].map.clone().unwrap();
+    // The daemon restarts with the H.265 encoder (ring format 4).
+    drop(camera);
+    let _camera = common::fake_camera(&shm, &["-fps", "30", "-file", clip(Codec::H265).to_str().unwrap()]);
+    let after = wait_until(Duration::from_secs(20), || {
+        // Keep asking, so the muxer keeps running.
+        let list = playlist(&format!("{base}index.m3u8"));
+        list.segments.iter().any(|s| s.uri.is_some() && s.map.as_ref() != Some(&h264_init)).then_some(list)
+    })
+    .expect("a segment with a new init segment");
+    let changed = after.segments.iter().find(|s| s.map.as_ref() != Some(&h264_init)).unwrap();
+    assert!(changed.discontinuity, "the new init segment comes after EXT-X-DISCONTINUITY: {after:?}");
+    let new_init = get(&format!("{base}{}", changed.map.as_deref().unwrap()));
+    assert!(new_init.body.windows(4).any(|w| w == b"hvc1"), "the new init segment is H.265");
+    if let Some(old) = after.segments.iter().find(|s| s.map.as_ref() == Some(&h264_init)) {
+        let old_init = get(&format!("{base}{}", old.map.as_deref().unwrap()));
+        assert!(old_init.body.windows(4).any(|w| w == b"avc1"), "the old one is H.264");
+    }
+    if have_tool("ffmpeg") {
+        // ffmpeg's HLS reader keeps the codec of the first segment it reads
+        // (it starts three from the end), so once those are all H.265 it
+        // reads the new stream cleanly.
+        wait_until(Duration::from_secs(20), || {
+            let list = playlist(&format!("{base}index.m3u8"));
+            let complete: Vec<_> = list.segments.iter().filter(|s| s.uri.is_some()).collect();
+            complete.iter().rev().take(4).all(|s| s.map.as_ref() != Some(&h264_init)).then_some(())
+        })
+        .expect("four H.265 segments");
+        let (ok, errors) = ffmpeg(&["-i", &format!("{base}index.m3u8"), "-t", "3", "-f", "null", "-"]);
+        assert!(ok && errors.is_empty(), "{errors}");
+    }
+}
