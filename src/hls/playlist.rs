@@ -81,9 +81,17 @@ pub fn render(window: &Window, skip: bool, query: &str) -> Option<String> {
             Some(*end)
         })
         .collect();
+    // A delta update never skips a discontinuity (but the first segment's,
+    // which the sequence number already counts): the client could not
+    // number the segments after it.
     let skipped = if skip {
         let boundary = total.saturating_sub(skip_until(window) * TIMESCALE);
-        listed.iter().zip(&ends).take_while(|(s, &end)| s.complete && end <= boundary).count()
+        listed
+            .iter()
+            .zip(&ends)
+            .enumerate()
+            .take_while(|(i, (s, &end))| s.complete && end <= boundary && (*i == 0 || !s.discontinuity))
+            .count()
     } else {
         0
     };
@@ -105,8 +113,9 @@ pub fn render(window: &Window, skip: bool, query: &str) -> Option<String> {
         let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
     }
     let mut init = None;
-    for (segment, &end) in listed.iter().zip(&ends).skip(skipped) {
-        if segment.discontinuity {
+    for (index, (segment, &end)) in listed.iter().zip(&ends).enumerate().skip(skipped) {
+        // The first segment's discontinuity is in the sequence number.
+        if segment.discontinuity && index > 0 {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
         if init != Some(segment.init) {
@@ -239,6 +248,84 @@ mod tests {
         assert!(text.contains("URI=\"part-3-0.m4s?token=a%20b\",INDEPENDENT=YES"), "{text}");
         assert!(text.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-4-0.m4s?token=a%20b\""), "{text}");
         assert!(!text.contains("seg-2.m4s"), "the empty segment 2 is not listed: {text}");
+    }
+
+    #[test]
+    fn the_first_segments_discontinuity_is_counted_not_written_and_deltas_do_not_skip_one() {
+        let mut window = Window::new(WindowLimits { playlist_segments: 10, grace_segments: 2, max_bytes: 1 << 20 }, 0);
+        window.add_init(Bytes::from_static(b"init"), "avc1.640028".into());
+        for i in 0..12u64 {
+            // A restart before segment 0, a gap before segment 3.
+            window.begin_segment(0, i == 0 || i == 3, SystemTime::UNIX_EPOCH + Duration::from_secs(i));
+            for p in 0..5 {
+                window.add_part(part(200, p == 0));
+            }
+            window.end_segment();
+        }
+        // Listed: 2..=11; segment 3 carries the tag.
+        let full = render(&window, false, "").unwrap();
+        assert!(
+            full.contains(
+                "#EXT-X-DISCONTINUITY-SEQUENCE:1
+"
+            ),
+            "{full}"
+        );
+        assert_eq!(
+            full.matches(
+                "#EXT-X-DISCONTINUITY
+"
+            )
+            .count(),
+            1,
+            "{full}"
+        );
+        assert!(
+            full.contains(
+                "#EXT-X-DISCONTINUITY
+#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:03Z
+"
+            ),
+            "{full}"
+        );
+        // The boundary (10 - 6 s) would skip 2..=5; it stops before 3.
+        let delta = render(&window, true, "").unwrap();
+        assert!(
+            delta.contains(
+                "#EXT-X-SKIP:SKIPPED-SEGMENTS=1
+"
+            ),
+            "{delta}"
+        );
+        assert!(
+            delta.contains(
+                "#EXT-X-DISCONTINUITY
+"
+            ),
+            "{delta}"
+        );
+        // Once the tagged segment has left the playlist, it is still counted.
+        for i in 12..14u64 {
+            window.begin_segment(0, false, SystemTime::UNIX_EPOCH + Duration::from_secs(i));
+            window.add_part(part(1000, true));
+            window.end_segment();
+        }
+        let later = render(&window, false, "").unwrap();
+        assert!(
+            later.contains(
+                "#EXT-X-MEDIA-SEQUENCE:4
+#EXT-X-DISCONTINUITY-SEQUENCE:2
+"
+            ),
+            "{later}"
+        );
+        assert!(
+            !later.contains(
+                "#EXT-X-DISCONTINUITY
+"
+            ),
+            "{later}"
+        );
     }
 
     #[test]

@@ -346,12 +346,17 @@ impl Window {
         self.segments.iter().skip(skip)
     }
 
-    /// EXT-X-DISCONTINUITY-SEQUENCE: discontinuities before the first
-    /// listed segment.
+    /// EXT-X-DISCONTINUITY-SEQUENCE: the discontinuity sequence number of
+    /// the first listed segment, counting its own discontinuity too: the
+    /// playlist never writes a tag in front of its first segment (players
+    /// would count it, and a delta update that skips that segment could
+    /// not say so), so the number stays the same for every segment whether
+    /// the first one is written, skipped or gone.
     pub fn discontinuity_sequence(&self) -> u64 {
         let complete = self.complete_count();
         let unlisted = complete.saturating_sub(self.limits.playlist_segments);
-        self.dropped_discontinuities + self.segments.iter().take(unlisted).filter(|s| s.discontinuity).count() as u64
+        let through_first = self.segments.iter().take(unlisted + 1).filter(|s| s.discontinuity).count();
+        self.dropped_discontinuities + through_first as u64
     }
 
     pub fn init(&self, id: u64) -> Option<&Init> {
@@ -435,9 +440,10 @@ mod tests {
         let mut window = Window::new(WindowLimits { playlist_segments: 2, grace_segments: 1, max_bytes: 1 << 20 }, 0);
         segment(&mut window, 1, false);
         segment(&mut window, 1, true);
-        segment(&mut window, 1, false);
-        assert_eq!(window.discontinuity_sequence(), 0);
-        segment(&mut window, 1, false); // msn 1 (with the tag) goes to grace
+        assert_eq!(window.discontinuity_sequence(), 0, "msn 1 is not first");
+        segment(&mut window, 1, false); // msn 1 (with the tag) is first now
+        assert_eq!(window.discontinuity_sequence(), 1);
+        segment(&mut window, 1, false); // it goes to grace
         assert_eq!(window.discontinuity_sequence(), 1);
         segment(&mut window, 1, false); // and out of the window
         assert_eq!(window.discontinuity_sequence(), 1);
