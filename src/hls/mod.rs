@@ -274,11 +274,12 @@ impl Hls {
     pub async fn playlist(&self, query: &PlaylistQuery, uri_query: &str) -> Result<Bytes, HlsError> {
         let metrics = &self.inner.stream.metrics;
         metrics.hls_request(if query.msn.is_some() { "blocking_playlist" } else { "playlist" });
-        self.touch();
         let mut published = self.inner.published.subscribe();
         let _held = Held::new(&metrics.hls_held_requests);
         let started = tokio::time::Instant::now();
         let result = loop {
+            // A client waiting is a client asking: the muxer keeps running.
+            self.touch();
             let now = published.borrow_and_update().clone();
             let deadline = match (&now.playlist, query.msn) {
                 (None, _) => started + START_WAIT,
@@ -314,11 +315,11 @@ impl Hls {
     pub async fn part(&self, msn: u64, index: u32) -> Result<Bytes, HlsError> {
         let metrics = &self.inner.stream.metrics;
         metrics.hls_request("part");
-        self.touch();
         let mut published = self.inner.published.subscribe();
         let started = tokio::time::Instant::now();
         let mut held = None;
         let result = loop {
+            self.touch();
             let now = published.borrow_and_update().clone();
             if let Some(part) = lock(&self.inner.window).part(msn, index) {
                 break Ok(part.data.clone());

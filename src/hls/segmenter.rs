@@ -8,7 +8,8 @@
 //!   90 kHz ticks (from the absolute times, so rounding never accumulates);
 //!   a frame is therefore placed one frame late, when the next arrives.
 //! - A part closes once it holds [`PART_MIN`] of media, give or take half
-//!   a frame (six frames at 30 fps); parts never straddle segments.
+//!   a frame (six frames at 30 fps), or [`PART_MAX_FRAMES`] frames; parts
+//!   never straddle segments.
 //! - A segment begins at a keyframe and ends at the first keyframe after
 //!   [`SEGMENT_MIN`] (one GOP of ~1 s, two of a 0.5 s GOP); a camera whose
 //!   GOP is longer than [`SEGMENT_MAX`] or whose segment would pass
@@ -37,6 +38,9 @@ pub const SEGMENT_MIN: Duration = Duration::from_millis(800);
 pub const SEGMENT_MAX: Duration = Duration::from_secs(6);
 /// ... or this many bytes of access units.
 pub const SEGMENT_MAX_BYTES: usize = 4 << 20;
+/// A part closes at this many frames whatever their capture times say (a
+/// camera that stamps every frame alike must not grow one without bound).
+pub const PART_MAX_FRAMES: usize = 60;
 /// Consecutive frames further apart than this are a gap, not a long frame.
 pub const MAX_FRAME_DURATION: Duration = Duration::from_secs(2);
 /// The frame duration assumed before any was measured (30 fps).
@@ -139,7 +143,9 @@ impl Segmenter {
             self.continues = false;
         } else if au.is_keyframe && self.segment_ticks >= ticks(SEGMENT_MIN) {
             self.close_segment(out);
-        } else if self.part_ticks + u64::from(self.last_duration.unwrap_or(0) / 2) >= ticks(PART_MIN) {
+        } else if self.part_ticks + u64::from(self.last_duration.unwrap_or(0) / 2) >= ticks(PART_MIN)
+            || self.part.len() >= PART_MAX_FRAMES
+        {
             // Within half a frame: capture times jitter, and six frames of
             // a 30 fps camera must not become seven because they measure
             // 199.9 ms.
@@ -353,6 +359,21 @@ mod tests {
         stream.capture += Duration::from_secs(5);
         let events = run(&mut segmenter, &mut stream, 1);
         assert!(events.iter().any(|e| matches!(e, Event::EndSegment)), "{events:?}");
+    }
+
+    #[test]
+    fn frozen_capture_times_still_make_bounded_parts_and_segments() {
+        let mut segmenter = Segmenter::new();
+        let mut stream = Stream::new(100_000);
+        let mut out = Vec::new();
+        for _ in 0..(SEGMENT_MAX_BYTES / 1000 + 200) {
+            let au = stream.next();
+            stream.capture = Duration::from_secs(100); // never advances
+            segmenter.push(&au, &mut out);
+        }
+        let parts = shape(&out);
+        assert!(parts.iter().flatten().all(|&frames| frames <= PART_MAX_FRAMES), "{parts:?}");
+        assert!(parts.len() >= 2, "the byte bound cut the segment: {parts:?}");
     }
 
     #[test]
