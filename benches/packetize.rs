@@ -24,9 +24,7 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this too,
     // without it: a quick smoke run on the demo clips there.
     let benching = std::env::args().any(|a| a == "--bench");
-    let h264 = clip::clip_path(benching).unwrap_or_else(|e| panic!("bench clip: {e}"));
-    let h265 = clip::clip_path_h265(benching).unwrap_or_else(|e| panic!("H.265 bench clip: {e}"));
-    for path in [h264, h265] {
+    for path in clip::both_codecs(benching) {
         bench_clip(&path, benching);
     }
 }

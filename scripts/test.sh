@@ -2,7 +2,7 @@
 # Runs every test of the project on a fresh Debian 12 machine with only the
 # Rust toolchain: installs what the tests need (ffmpeg for ffprobe, Chromium
 # and playwright-core for browser tests, GStreamer's RTSP server for RTSP
-# cameras, Flask in a venv), then runs the Rust test suite, rustfmt and
+# cameras, coturn for TURN, Flask in a venv), then runs the Rust test suite, rustfmt and
 # clippy. .ci/run runs exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,8 @@ need node nodejs
 need npm npm
 need systemd-analyze systemd        # the unit file test
 need curl curl                      # scripts/flamegraph.sh, README examples, cross smoke run
+need turnserver coturn              # TURN relay for viewers without a path to the board
+need ip iproute2                    # network namespaces for the TURN test
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # RTSP cameras in the tests: GStreamer's RTSP server through Debian's own
 # Python (tests/rtsp_server.py runs under /usr/bin/python3, which has gi).

@@ -58,6 +58,29 @@ pub struct Args {
     /// candidates always work).
     #[arg(long, default_value = "")]
     pub stun: String,
+    /// TURN server for viewers that cannot reach the board directly
+    /// (repeatable): turn:HOST[:PORT][?transport=udp|tcp] or turns:...; the
+    /// server allocates over UDP turn: URLs, browsers get all of them.
+    #[arg(long = "turn")]
+    pub turn: Vec<String>,
+    /// TURN long-term credentials: user name.
+    #[arg(long = "turn-user", default_value = "")]
+    pub turn_user: String,
+    /// TURN long-term credentials: password (visible in `ps`; prefer
+    /// -turn-pass-file).
+    #[arg(long = "turn-pass", default_value = "")]
+    pub turn_pass: String,
+    /// File whose first line is the TURN password.
+    #[arg(long = "turn-pass-file")]
+    pub turn_pass_file: Option<PathBuf>,
+    /// File whose first line is the secret shared with the TURN server
+    /// (coturn use-auth-secret): time-limited credentials instead of a
+    /// password.
+    #[arg(long = "turn-secret-file")]
+    pub turn_secret_file: Option<PathBuf>,
+    /// Lifetime of time-limited TURN credentials (e.g. 1h, 24h).
+    #[arg(long = "turn-ttl", default_value = "24h")]
+    pub turn_ttl: String,
     /// UDP ports WebRTC viewers may use, LOW-HIGH (e.g. 50000-50100) for a
     /// firewalled board; any free port when empty.
     #[arg(long = "udp-port-range", default_value = "")]
@@ -66,6 +89,19 @@ pub struct Args {
     /// interfaces but loopback when empty (name 127.0.0.1 to add loopback).
     #[arg(long = "webrtc-ip", default_value = "")]
     pub webrtc_ip: String,
+    /// RTSP server address for NVRs and home automation (e.g. :8554):
+    /// every path as rtsp://HOST:PORT/NAME. Off when empty (the config
+    /// file's rtspAddress turns it on too; this flag wins).
+    #[arg(long, default_value = "")]
+    pub rtsp: String,
+    /// UDP ports the RTSP server sends RTP/RTCP from, LOW-HIGH (pairs from
+    /// an even port); ephemeral ports when empty.
+    #[arg(long = "rtsp-udp-port-range", default_value = "")]
+    pub rtsp_udp_port_range: String,
+    /// An RTSP session with no request or RTCP report for this long ends
+    /// (announced in `Session: ID;timeout=`), e.g. 60s.
+    #[arg(long = "rtsp-session-timeout", default_value = "60s")]
+    pub rtsp_session_timeout: String,
     /// debug, info, warn, error or silent; RUST_LOG overrides.
     #[arg(long = "log-level", value_enum, default_value = "info")]
     pub log_level: LogLevel,
@@ -304,6 +340,7 @@ mod tests {
             ("/pet_camera_stream", ":8081", ":9090", ":6060", 10)
         );
         assert_eq!(a.record_path, PathBuf::from("./recordings"));
+        assert_eq!(a.rtsp, "", "the RTSP server is off by default");
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub const RESERVED_NAMES: &[&str] = &[
     "debug",
     "assets",
     "index.m3u8",
+    "ice-servers",
 ];
 
 /// The path legacy routes and metrics mean (the Go server's one camera).
@@ -131,6 +132,8 @@ pub struct PathConfig {
     /// An H.264 path that viewers whose browsers cannot play this path's
     /// codec (H.265) are given instead, e.g. the camera's H.264 substream.
     pub fallback: Option<String>,
+    /// TURN servers for this path's viewers; `None`: the `-turn` flags'.
+    pub turn: Option<Vec<crate::turn::TurnServer>>,
 }
 
 /// A configuration error: where, and what.
@@ -192,6 +195,7 @@ impl FlagDefaults {
             record: self.record_for(LEGACY_PATH),
             max_clients: self.max_clients,
             fallback: None,
+            turn: None,
         }
     }
 
@@ -212,11 +216,42 @@ impl FlagDefaults {
 /// `sourceOnDemandCloseAfter` when not given.
 pub const DEFAULT_CLOSE_AFTER: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct FileConfig {
     #[serde(default)]
     paths: IndexMap<String, PathEntry>,
+    #[serde(default)]
+    rtsp_address: Option<String>,
+    #[serde(default)]
+    rtsp_user: Option<String>,
+    #[serde(default)]
+    rtsp_pass: Option<String>,
+}
+
+/// The RTSP server's settings from the file (`-rtsp` overrides the address).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RtspFileSettings {
+    /// `rtspAddress:` (`:8554`, `127.0.0.1:8554`), checked.
+    pub address: Option<std::net::SocketAddr>,
+    /// `rtspUser:`/`rtspPass:`: the RTSP server's own credentials.
+    pub credentials: Option<(String, String)>,
+}
+
+impl fmt::Debug for RtspFileSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RtspFileSettings")
+            .field("address", &self.address)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .finish()
+    }
+}
+
+/// Everything a config file says: its paths and the server-wide settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub paths: Vec<PathConfig>,
+    pub rtsp: RtspFileSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,6 +278,54 @@ struct PathEntry {
     codec: Option<String>,
     #[serde(default)]
     fallback: Option<String>,
+    #[serde(default)]
+    turn: Option<Vec<TurnEntry>>,
+}
+
+/// One TURN server of a path: `url` and a `user`/`pass` or the server's
+/// shared `secret` (or `secretFile`), `ttl` for credentials made from it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TurnEntry {
+    url: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    pass: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+fn parse_turn(entries: &[TurnEntry]) -> Result<Vec<crate::turn::TurnServer>, String> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let fail = |e: String| format!("turn[{i}]: {e}");
+            let secret = match (&entry.secret, &entry.secret_file) {
+                (Some(_), Some(_)) => return Err(fail("secret and secretFile: give one".into())),
+                (Some(secret), None) => Some(secret.clone()),
+                (None, Some(file)) => Some(crate::turn::read_secret_file(file).map_err(fail)?),
+                (None, None) => None,
+            };
+            let ttl = match &entry.ttl {
+                Some(text) => crate::recorder::parse_duration(text).map_err(|e| fail(format!("ttl: {e}")))?,
+                None => None,
+            };
+            crate::turn::TurnServer::from_parts(
+                &entry.url,
+                entry.user.as_deref(),
+                entry.pass.as_deref(),
+                secret.as_deref(),
+                ttl,
+            )
+            .map_err(fail)
+        })
+        .collect()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,10 +371,11 @@ pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The paths to serve: the file's (if any) and the flags' `cam`.
-pub fn load(file: Option<&Path>, flags: &FlagDefaults) -> Result<Vec<PathConfig>, ConfigError> {
+/// The paths to serve (the file's, if any, and the flags' `cam`) and the
+/// file's server-wide settings.
+pub fn load(file: Option<&Path>, flags: &FlagDefaults) -> Result<Config, ConfigError> {
     let Some(file) = file else {
-        return Ok(vec![flags.legacy_path()]);
+        return Ok(Config { paths: vec![flags.legacy_path()], rtsp: RtspFileSettings::default() });
     };
     let error = |line: Option<usize>, path: Option<&str>, message: String| ConfigError {
         file: Some(file.to_path_buf()),
@@ -300,7 +384,8 @@ pub fn load(file: Option<&Path>, flags: &FlagDefaults) -> Result<Vec<PathConfig>
         message,
     };
     let text = std::fs::read_to_string(file).map_err(|e| error(None, None, e.to_string()))?;
-    let mut paths = parse(&text, flags).map_err(|(line, path, message)| error(line, path.as_deref(), message))?;
+    let config = parse_file(&text, flags).map_err(|(line, path, message)| error(line, path.as_deref(), message))?;
+    let mut paths = config.paths;
     if flags.camera_flag_given {
         if paths.iter().any(|p| p.name == LEGACY_PATH) {
             return Err(error(
@@ -314,15 +399,20 @@ pub fn load(file: Option<&Path>, flags: &FlagDefaults) -> Result<Vec<PathConfig>
     if paths.is_empty() {
         return Err(error(None, None, "no paths: add a `paths:` map (or a camera flag such as -shm)".into()));
     }
-    Ok(paths)
+    Ok(Config { paths, rtsp: config.rtsp })
 }
 
 type ParseError = (Option<usize>, Option<String>, String);
 
-/// Parses and checks a config file's text.
+/// Parses and checks a config file's paths.
 pub fn parse(text: &str, flags: &FlagDefaults) -> Result<Vec<PathConfig>, ParseError> {
+    parse_file(text, flags).map(|config| config.paths)
+}
+
+/// Parses and checks a config file's text: its paths and server settings.
+pub fn parse_file(text: &str, flags: &FlagDefaults) -> Result<Config, ParseError> {
     let file: FileConfig = if text.trim().is_empty() {
-        FileConfig { paths: IndexMap::new() }
+        FileConfig::default()
     } else {
         serde_norway::from_str(text).map_err(|e| {
             // serde_norway names the field path (paths.cam.source) in its message.
@@ -331,6 +421,7 @@ pub fn parse(text: &str, flags: &FlagDefaults) -> Result<Vec<PathConfig>, ParseE
             (e.location().map(|l| l.line()), path, e.to_string())
         })?
     };
+    let rtsp = rtsp_settings(text, &file)?;
     let mut out = Vec::with_capacity(file.paths.len());
     for (name, entry) in file.paths {
         let line = line_of_path(text, &name);
@@ -377,6 +468,7 @@ pub fn parse(text: &str, flags: &FlagDefaults) -> Result<Vec<PathConfig>, ParseE
             record,
             max_clients: entry.max_clients.unwrap_or(flags.max_clients),
             fallback: entry.fallback.clone(),
+            turn: entry.turn.as_deref().map(parse_turn).transpose().map_err(&fail)?,
         });
     }
     // A fallback names another path that exists.
@@ -390,7 +482,40 @@ pub fn parse(text: &str, flags: &FlagDefaults) -> Result<Vec<PathConfig>, ParseE
             return Err(fail(format!("fallback {fallback:?} is not a path of this file")));
         }
     }
-    Ok(out)
+    Ok(Config { paths: out, rtsp })
+}
+
+/// `rtspAddress`, `rtspUser`, `rtspPass`, checked.
+fn rtsp_settings(text: &str, file: &FileConfig) -> Result<RtspFileSettings, ParseError> {
+    let fail = |key: &str, message: String| (line_of_key(text, key), None, format!("{key}: {message}"));
+    let address = match file.rtsp_address.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => crate::cli::parse_listen(text).map_err(|e| fail("rtspAddress", e))?,
+    };
+    let credentials = match (&file.rtsp_user, &file.rtsp_pass) {
+        (None, None) => None,
+        (Some(user), Some(pass)) => {
+            // A colon cannot be sent in Basic auth's user name; control
+            // characters would break the Authorization header.
+            if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+                return Err(fail("rtspUser", "1 or more characters, no colon or control characters".into()));
+            }
+            if pass.is_empty() || pass.chars().any(char::is_control) {
+                return Err(fail("rtspPass", "1 or more characters, no control characters".into()));
+            }
+            Some((user.clone(), pass.clone()))
+        }
+        (Some(_), None) => return Err(fail("rtspUser", "needs rtspPass too".into())),
+        (None, Some(_)) => return Err(fail("rtspPass", "needs rtspUser too".into())),
+    };
+    Ok(RtspFileSettings { address, credentials })
+}
+
+/// The line (1-based) of a top-level `key:`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
+        .map(|i| i + 1)
 }
 
 fn parse_source(entry: &PathEntry) -> Result<SourceConfig, String> {
@@ -485,7 +610,7 @@ mod tests {
 
     #[test]
     fn without_a_file_the_flags_make_cam() {
-        let paths = load(None, &flags()).unwrap();
+        let paths = load(None, &flags()).unwrap().paths;
         assert_eq!(paths.len(), 1);
         assert_eq!(paths[0].name, "cam");
         assert_eq!(
@@ -555,6 +680,14 @@ paths:
             ("paths:\n  cam:\n    source: shm:/a\n    codec: vp8\n", 2, "h264 or h265"),
             ("paths:\n  cam:\n    source: rtsp://c/x\n    codec: h265\n", 2, "SDP says its codec"),
             ("paths:\n  cam:\n    source: demo\n    fallback: nope\n", 2, "not a path"),
+            ("paths:\n  cam:\n    source: demo\n    turn:\n      - url: turn:t\n", 2, "turn[0]: turn:t:3478?transport=udp: no credentials"),
+            (
+                "paths:\n  cam:\n    source: demo\n    turn:\n      - url: turn:t\n        user: u\n        pass: p\n        secret: s\n",
+                2,
+                "not both",
+            ),
+            ("paths:\n  cam:\n    source: demo\n    turn:\n      - url: stun:t\n        secret: s\n", 2, "turn: or turns:"),
+            ("paths:\n  cam:\n    source: demo\n    turn:\n      - url: turn:t\n        pass: p\n", 2, "needs a user"),
             ("paths:\n  cam: [\n", 2, "invalid type"),
         ];
         for (text, line, needle) in cases {
@@ -573,12 +706,35 @@ paths:
         std::fs::write(&file, "paths:\n  day:\n    source: demo\n").unwrap();
         let mut with_camera = flags();
         with_camera.camera_flag_given = true;
-        let paths = load(Some(&file), &with_camera).unwrap();
+        let paths = load(Some(&file), &with_camera).unwrap().paths;
         assert_eq!(paths.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["cam", "day"]);
-        assert_eq!(load(Some(&file), &flags()).unwrap().len(), 1, "no camera flag: the file alone");
+        assert_eq!(load(Some(&file), &flags()).unwrap().paths.len(), 1, "no camera flag: the file alone");
         std::fs::write(&file, "paths:\n  cam:\n    source: demo\n").unwrap();
         let error = load(Some(&file), &with_camera).unwrap_err();
         assert_eq!((error.line, error.path.as_deref()), (Some(2), Some("cam")), "{error}");
+    }
+
+    #[test]
+    fn rtsp_server_settings_parse_and_errors_name_the_line() {
+        let text = "rtspAddress: 127.0.0.1:8554\nrtspUser: nvr\nrtspPass: s3cret\npaths:\n  cam:\n    source: demo\n";
+        let config = parse_file(text, &flags()).unwrap();
+        assert_eq!(config.rtsp.address, Some("127.0.0.1:8554".parse().unwrap()));
+        assert_eq!(config.rtsp.credentials, Some(("nvr".into(), "s3cret".into())));
+        assert!(!format!("{config:?}").contains("s3cret"), "the password never shows");
+        let port_only = parse_file("rtspAddress: \":8554\"\npaths:\n  cam:\n    source: demo\n", &flags()).unwrap();
+        assert_eq!(port_only.rtsp.address, Some("0.0.0.0:8554".parse().unwrap()));
+        let cases = [
+            ("paths:\n  cam:\n    source: demo\nrtspAddress: nowhere\n", 4, "rtspAddress: bad listen address"),
+            ("rtspUser: a\npaths:\n  cam:\n    source: demo\n", 1, "rtspUser: needs rtspPass"),
+            ("rtspPass: a\n", 1, "rtspPass: needs rtspUser"),
+            ("rtspUser: a:b\nrtspPass: c\n", 1, "no colon"),
+            ("rtspAdress: :8554\n", 1, "unknown field `rtspAdress`"),
+        ];
+        for (text, line, needle) in cases {
+            let (got_line, _, message) = parse_file(text, &flags()).unwrap_err();
+            assert_eq!(got_line, Some(line), "{text:?}: {message}");
+            assert!(message.contains(needle), "{text:?}: {message}");
+        }
     }
 
     #[test]

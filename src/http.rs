@@ -285,6 +285,60 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
+/// What a `Range` header asks of a body of known length (RFC 9110 14.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// No range, or one this server ignores (another unit, several ranges,
+    /// bad syntax: RFC 9110 lets a server answer those with the whole body).
+    Full,
+    /// Bytes `start..=end`, within the body.
+    Partial { start: u64, end: u64 },
+    /// A range wholly past the end: 416 with `Content-Range: bytes */LEN`.
+    Unsatisfiable,
+}
+
+impl ByteRange {
+    /// Parses `bytes=A-B`, `bytes=A-` or `bytes=-N` against `len` bytes.
+    pub fn parse(header: Option<&str>, len: u64) -> ByteRange {
+        let Some(spec) = header.map(str::trim) else { return ByteRange::Full };
+        let Some(spec) = spec.get(..6).filter(|unit| unit.eq_ignore_ascii_case("bytes=")).map(|_| spec[6..].trim())
+        else {
+            return ByteRange::Full;
+        };
+        let Some((first, last)) = spec.split_once('-') else { return ByteRange::Full };
+        let (first, last) = (first.trim(), last.trim());
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        // A number past u64 is past any body.
+        let value = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
+        if digits(first) && (last.is_empty() || digits(last)) {
+            let start = value(first);
+            let end = (!last.is_empty()).then(|| value(last));
+            if end.is_some_and(|end| end < start) {
+                return ByteRange::Full; // invalid: ignored
+            }
+            if start >= len {
+                return ByteRange::Unsatisfiable;
+            }
+            return ByteRange::Partial { start, end: end.map_or(len - 1, |end| end.min(len - 1)) };
+        }
+        if first.is_empty() && digits(last) {
+            let suffix = value(last);
+            if suffix == 0 || len == 0 {
+                return ByteRange::Unsatisfiable;
+            }
+            return ByteRange::Partial { start: len - suffix.min(len), end: len - 1 };
+        }
+        ByteRange::Full
+    }
+}
+
+/// Whether an `If-None-Match` value matches `etag` (weak comparison,
+/// RFC 9110 13.1.2: `W/` prefixes ignored; `*` matches anything).
+pub fn etag_matches(header: &str, etag: &str) -> bool {
+    let strip = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    header.trim() == "*" || header.split(',').any(|tag| strip(tag) == strip(etag))
+}
+
 /// A running listener; [`Listener::stop`] ends it.
 pub struct Listener {
     pub name: &'static str,
@@ -807,6 +861,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         416 => "Range Not Satisfiable",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -838,7 +893,8 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply, keep_alive: bool, is_
         head.push_str("\r\n");
     };
     push("Content-Type", &reply.content_type);
-    if reply.status != 204 && reply.status >= 200 {
+    // 304 has no body: no Content-Length rather than a wrong one.
+    if reply.status != 204 && reply.status != 304 && reply.status >= 200 {
         push("Content-Length", &length.to_string());
     }
     for (name, value) in &reply.headers {
@@ -975,6 +1031,29 @@ mod tests {
         assert_eq!(parsed(huge).unwrap().unwrap().0.head.content_length, u64::MAX, "too large, not malformed");
         let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(parsed(chunked).unwrap().unwrap().0.head.chunked);
+    }
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        use ByteRange::*;
+        let r = |h: &str| ByteRange::parse(Some(h), 1000);
+        assert_eq!(ByteRange::parse(None, 1000), Full);
+        assert_eq!(r("bytes=0-99"), Partial { start: 0, end: 99 });
+        assert_eq!(r("bytes=500-"), Partial { start: 500, end: 999 });
+        assert_eq!(r("bytes=990-2000"), Partial { start: 990, end: 999 });
+        assert_eq!(r("bytes=-100"), Partial { start: 900, end: 999 });
+        assert_eq!(r("bytes=-5000"), Partial { start: 0, end: 999 });
+        assert_eq!(r("BYTES=1-1"), Partial { start: 1, end: 1 });
+        assert_eq!(r("bytes=1000-"), Unsatisfiable);
+        assert_eq!(r("bytes=-0"), Unsatisfiable);
+        assert_eq!(r("bytes=99999999999999999999999-"), Unsatisfiable);
+        for ignored in ["items=0-1", "bytes=5-1", "bytes=0-1,5-6", "bytes=a-b", "bytes=-", "bytes=", "bytes=+1-2"] {
+            assert_eq!(r(ignored), Full, "{ignored}");
+        }
+        assert_eq!(ByteRange::parse(Some("bytes=0-"), 0), Unsatisfiable);
+        assert!(etag_matches("\"a\", W/\"b\"", "\"b\""));
+        assert!(etag_matches("*", "\"x\""));
+        assert!(!etag_matches("\"a\"", "\"b\""));
     }
 
     #[test]

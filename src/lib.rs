@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! source (ring | rtsp | demo) -> Feed: codec processor -> hub (fan-out) -+-> webrtc viewers
+//!                                                                          +-> rtsp_server clients
 //!                                                                          +-> recorder
 //!                                                                          +-> hls muxer
 //! ```
@@ -24,11 +25,18 @@
 //!   fly.
 //! - [`hub`]: budgeted per-consumer queues, GOP cache, drop-to-next-IDR.
 //! - [`webrtc`]: viewers (negotiation, packetize once, per-viewer send).
-//! - [`recorder`]: raw `.h264` files on their own thread.
-//! - [`hls`]: LL-HLS per path (segmenter, fMP4 muxer on [`mp4`], window,
-//!   playlists, blocking reloads), the fallback for networks without UDP.
+//! - [`rtp`]: RTP payload formats and the packet cache every receiver shares.
+//! - [`rtsp_server`]: every path as `rtsp://HOST:PORT/NAME` for NVRs (TCP
+//!   interleaved and UDP, Basic/Digest auth).
+//! - [`recorder`]: raw `.h264`/`.h265` files on their own thread, with
+//!   [`recording_times`] sidecars (every frame's capture time).
+//! - [`recordings`]: the files on disk as the `/recordings` routes serve
+//!   them (listing, safe opening, MP4 layouts, deletion).
 //! - [`http`]: the HTTP/1.1 server behind every listener; [`control`] (API
 //!   routes, dashboard), [`health`], [`profiling`] (pprof) are its services.
+//! - [`turn`]: TURN servers, their credentials and a probe of each.
+//! - [`hls`]: LL-HLS per path (segmenter, fMP4 muxer on [`mp4`], window,
+//!   playlists, blocking reloads), the fallback for networks without UDP.
 //! - [`load_client`]: N non-decoding WebRTC viewers (and LL-HLS clients)
 //!   for benchmarks.
 //! - [`systemd`]: sd_notify readiness and a watchdog fed by the media threads.
@@ -53,10 +61,14 @@ pub mod paths;
 pub mod profiling;
 pub mod ratelimit;
 pub mod recorder;
+pub mod recording_times;
+pub mod recordings;
 pub mod rtp;
+pub mod rtsp_server;
 pub mod shutdown;
 pub mod source;
 pub mod stream;
 pub mod systemd;
 pub mod tasks;
+pub mod turn;
 pub mod webrtc;

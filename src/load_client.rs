@@ -363,6 +363,11 @@ pub struct ViewerReport {
     /// The samples themselves, pooled into the run's percentiles.
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
+    /// STUN/TURN servers the server handed out (GET /NAME/ice-servers).
+    pub ice_servers: usize,
+    /// TURN relay candidates in this viewer's offer and in the answer.
+    pub local_relay_candidates: usize,
+    pub remote_relay_candidates: usize,
     /// With `-verify`: NAL units equal to the clip's, and those not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_nal_units_matched: Option<u64>,
@@ -560,6 +565,7 @@ mod peer {
 
     use super::*;
     use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_HEVC};
+    use rtc::peer_connection::configuration::{RTCConfigurationBuilder, RTCIceServer};
     use rtc::rtp_transceiver::rtp_sender::{
         RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
     };
@@ -568,7 +574,7 @@ mod peer {
     use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
     use webrtc::peer_connection::{
         register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-        RTCIceGatheringState, RTCSessionDescription, Registry, SettingEngineBuilder,
+        RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
     };
     use webrtc::runtime::TokioRuntime;
 
@@ -588,6 +594,7 @@ mod peer {
 
     struct Handler {
         gathered: watch::Sender<bool>,
+        state: watch::Sender<RTCPeerConnectionState>,
         stats: Arc<Mutex<ReceiverStats>>,
         /// With `-verify`, set once the answer names the codec.
         check: Arc<Mutex<Option<ClipCheck>>>,
@@ -601,6 +608,10 @@ mod peer {
             if state == RTCIceGatheringState::Complete {
                 self.gathered.send_replace(true);
             }
+        }
+
+        async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+            self.state.send_replace(state);
         }
 
         async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -674,11 +685,13 @@ mod peer {
             .map_err(|e| e.to_string())?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(|e| e.to_string())?;
         let (gathered_tx, mut gathered) = watch::channel(false);
+        let (state_tx, mut state) = watch::channel(RTCPeerConnectionState::New);
         let stats = Arc::new(Mutex::new(ReceiverStats::default()));
         let abs_capture_id = Arc::new(Mutex::new(None));
         let check = Arc::new(Mutex::new(None));
         let handler = Arc::new(Handler {
             gathered: gathered_tx,
+            state: state_tx,
             stats: stats.clone(),
             check: check.clone(),
             abs_capture_id: abs_capture_id.clone(),
@@ -689,8 +702,23 @@ mod peer {
         let settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(options.local_ip.is_loopback())
             .with_srtp_replay_protection_window(1024)
+            // No mDNS: the server offers plain addresses, and joining the
+            // multicast group fails where there is no multicast route (a
+            // network namespace with no default route).
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            // Give up on candidate pairs after ~5 s of checks, as the
+            // server does after ~1.4 s: a viewer that cannot connect says so
+            // instead of waiting out the crate's default.
+            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(100))
+            .with_ice_timeouts(Some(Duration::from_secs(2)), Some(Duration::from_secs(3)), None)
             .build();
+        // The STUN/TURN servers the server hands to its pages, as a browser
+        // behind NAT would use them.
+        let ice_servers = fetch_ice_servers(&options.url, &options.path, options.token.as_deref()).await?;
+        let ice_server_count = ice_servers.len();
+        let configuration = RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build();
         let pc = PeerConnectionBuilder::new()
+            .with_configuration(configuration)
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
@@ -724,12 +752,27 @@ mod peer {
             }
             *check.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClipCheck::new(codec, clip.clone()));
         }
+        let relay_candidates = (count_relay_candidates(&offer), count_relay_candidates(&answer));
         pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(|e| e.to_string())?)
             .await
             .map_err(|e| format!("answer: {e}"))?;
-        tokio::time::sleep(options.duration).await;
+        let failed = tokio::select! {
+            _ = tokio::time::sleep(options.duration) => false,
+            _ = state.wait_for(|s| *s == RTCPeerConnectionState::Failed) => true,
+        };
         let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
+        if failed {
+            let hint = if ice_server_count > 0 && relay_candidates == (0, 0) {
+                ": no TURN relay candidate on either side (the TURN server refused or did not answer: \
+                 see the server's /health)"
+            } else {
+                ""
+            };
+            return Err(format!("connection failed: ICE found no working path to the server{hint}"));
+        }
         let mut report = stats.lock().unwrap_or_else(|e| e.into_inner()).report(viewer);
+        report.ice_servers = ice_server_count;
+        (report.local_relay_candidates, report.remote_relay_candidates) = relay_candidates;
         if let Some(check) = check.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             report.clip_nal_units_matched = Some(check.matched);
             report.clip_nal_units_mismatched = Some(check.mismatched);
@@ -738,6 +781,57 @@ mod peer {
             report.clip_first_mismatch = check.first_mismatch.clone();
         }
         Ok(report)
+    }
+
+    /// `a=candidate` lines of type relay in an SDP.
+    pub fn count_relay_candidates(sdp: &str) -> usize {
+        sdp.lines().filter(|l| l.starts_with("a=candidate:") && l.contains(" typ relay")).count()
+    }
+
+    /// GET /NAME/ice-servers: the servers this crate can use (STUN, and
+    /// TURN over UDP; it skips `turns:` and TCP). A server without the
+    /// route (404) means none.
+    async fn fetch_ice_servers(url: &str, path: &str, token: Option<&str>) -> Result<Vec<RTCIceServer>, String> {
+        let prefix = if path.is_empty() { String::new() } else { format!("/{path}") };
+        let endpoint = format!("{}{prefix}/ice-servers", url.trim_end_matches('/'));
+        let token = token.map(str::to_owned);
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut request = ureq::get(&endpoint).timeout(Duration::from_secs(10));
+            if let Some(token) = &token {
+                request = request.set("Authorization", &format!("Bearer {token}"));
+            }
+            match request.call() {
+                Ok(response) => serde_json::from_reader::<_, serde_json::Value>(response.into_reader())
+                    .map(Some)
+                    .map_err(|e| format!("GET {endpoint}: {e}")),
+                Err(ureq::Error::Status(404, _)) => Ok(None),
+                Err(e) => Err(format!("GET {endpoint}: {e}")),
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let Some(answer) = answer else { return Ok(Vec::new()) };
+        let mut servers = Vec::new();
+        for entry in answer["iceServers"].as_array().into_iter().flatten() {
+            let urls: Vec<String> = match &entry["urls"] {
+                serde_json::Value::String(url) => vec![url.clone()],
+                serde_json::Value::Array(list) => list.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect(),
+                _ => Vec::new(),
+            };
+            let usable: Vec<String> = urls
+                .into_iter()
+                .filter(|u| u.starts_with("stun:") || (u.starts_with("turn:") && !u.contains("transport=tcp")))
+                .collect();
+            if usable.is_empty() {
+                continue;
+            }
+            servers.push(RTCIceServer {
+                urls: usable,
+                username: entry["username"].as_str().unwrap_or_default().to_owned(),
+                credential: entry["credential"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        Ok(servers)
     }
 
     /// What one POST /offer came to.

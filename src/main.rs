@@ -12,9 +12,11 @@ use streaming_server::fake_camera::{self, Clip};
 use streaming_server::metrics::Metrics;
 use streaming_server::paths::Paths;
 use streaming_server::recorder;
+use streaming_server::rtsp_server::{self, RtspServer};
 use streaming_server::shutdown::{self, Trigger};
 use streaming_server::systemd;
 use streaming_server::tasks::TaskSet;
+use streaming_server::turn::{self, TurnMonitor, TurnServer};
 use streaming_server::webrtc::{self, WebrtcConfig};
 use streaming_server::{config, control, health::Health, load_client, profiling};
 
@@ -160,7 +162,7 @@ fn serve(args: &Args) -> Result<(), String> {
         record_min_free: recorder::parse_size(&args.record_min_free)?,
         max_clients: args.max_clients,
     };
-    let configs = config::load(args.config.as_deref(), &flags).map_err(|e| format!("config: {e}"))?;
+    let loaded = config::load(args.config.as_deref(), &flags).map_err(|e| format!("config: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     // One runtime for viewers, sources and every listener: nothing on it
     // blocks (recorder syncs and profiles go to its blocking pool; a ring's
@@ -180,15 +182,24 @@ fn serve(args: &Args) -> Result<(), String> {
     webrtc_config.stun = webrtc::parse_stun(&args.stun);
     webrtc_config.udp_port_range = webrtc::parse_port_range(&args.udp_port_range)?;
     webrtc_config.ips = webrtc::parse_ips(&args.webrtc_ip)?;
+    webrtc_config.turn = turn_flags(args)?;
+    // Every TURN server any path uses, probed in the background.
+    let turn = TurnMonitor::new(
+        webrtc_config.turn.iter().cloned().chain(loaded.paths.iter().flat_map(|c| c.turn.iter().flatten().cloned())),
+    );
     let hls_config = streaming_server::hls::HlsConfig {
         close_after: recorder::parse_duration(&args.hls_close_after)?.ok_or("-hls-close-after must be at least 1s")?,
         ..Default::default()
     };
-    let paths = Arc::new(Paths::new(configs, &metrics, &webrtc_config, hls_config, runtime.handle(), &shutdown)?);
-    let listeners = start_listeners(args, &metrics, &paths, &health, &shutdown, runtime.handle())?;
+    let paths = Arc::new(Paths::new(loaded.paths, &metrics, &webrtc_config, hls_config, runtime.handle(), &shutdown)?);
+    let listeners = start_listeners(args, &metrics, &paths, &health, &turn, &shutdown, runtime.handle())?;
+    let rtsp = start_rtsp(args, &loaded.rtsp, &metrics, &paths, &shutdown, runtime.handle())?;
 
     let sources = TaskSet::new();
     paths.start_sources(runtime.handle(), &sources, &shutdown);
+    if !turn.is_empty() {
+        sources.spawn(runtime.handle(), turn.clone().run(shutdown.clone()));
+    }
     // systemd Type=notify: a watchdog fed by the ring paths' media threads
     // (only when the unit sets WatchdogSec) and READY below.
     let notifier = systemd::Notifier::from_env();
@@ -212,6 +223,9 @@ fn serve(args: &Args) -> Result<(), String> {
         }
         for path in paths.iter() {
             health.tick(path.name(), path.stream.source.frames_read.load(Ordering::Relaxed));
+        }
+        for (url, up) in turn.up() {
+            metrics.turn_up.with_label_values(&[&url]).set(i64::from(up));
         }
         seconds += 1;
         if !seconds.is_multiple_of(5) {
@@ -255,6 +269,10 @@ fn serve(args: &Args) -> Result<(), String> {
     for listener in listeners {
         listener.stop(grace.saturating_duration_since(std::time::Instant::now()));
     }
+    // RTSP clients go with the viewers: their tasks end at the stop signal.
+    if let Some(rtsp) = &rtsp {
+        rtsp.stop(Duration::from_millis(500));
+    }
     let viewers_deadline = std::time::Instant::now() + Duration::from_millis(500);
     for path in paths.iter() {
         if !path.viewers.close_all(viewers_deadline.saturating_duration_since(std::time::Instant::now())) {
@@ -290,6 +308,23 @@ fn serve(args: &Args) -> Result<(), String> {
     }
 }
 
+/// The `-turn` servers with the `-turn-*` credentials (the same for each).
+fn turn_flags(args: &Args) -> Result<Vec<TurnServer>, String> {
+    let pass = match &args.turn_pass_file {
+        Some(file) => Some(turn::read_secret_file(file)?),
+        None => Some(args.turn_pass.clone()).filter(|p| !p.is_empty()),
+    };
+    let secret = args.turn_secret_file.as_deref().map(turn::read_secret_file).transpose()?;
+    let ttl = recorder::parse_duration(&args.turn_ttl).map_err(|e| format!("-turn-ttl: {e}"))?;
+    args.turn
+        .iter()
+        .map(|url| {
+            TurnServer::from_parts(url, Some(&args.turn_user), pass.as_deref(), secret.as_deref(), ttl)
+                .map_err(|e| format!("-turn: {e}"))
+        })
+        .collect()
+}
+
 /// Binds `-http`, `-metrics` and `-pprof` (an empty address turns the last
 /// two off) and registers the process metrics. A bind error names the flag.
 fn start_listeners(
@@ -297,13 +332,19 @@ fn start_listeners(
     metrics: &Arc<Metrics>,
     paths: &Arc<Paths>,
     health: &Arc<Health>,
+    turn: &TurnMonitor,
     shutdown: &shutdown::Shutdown,
     runtime: &tokio::runtime::Handle,
 ) -> Result<Vec<streaming_server::http::Listener>, String> {
     let auth_token = args.auth_token_file.as_deref().map(control::load_token).transpose()?;
     let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
     let limits = streaming_server::http::Limits::with_timeout(timeout, control::MAX_CONNECTIONS);
-    let config = control::ControlConfig { cors_origins: control::parse_origins(&args.cors_origin), auth_token, limits };
+    let config = control::ControlConfig {
+        cors_origins: control::parse_origins(&args.cors_origin),
+        auth_token,
+        limits,
+        turn: turn.clone(),
+    };
     let mut listeners = Vec::new();
     let http = cli::parse_listen(&args.http)?.ok_or("-http must not be empty")?;
     let control = control::Control::new(paths.clone(), health.clone(), config);
@@ -324,6 +365,46 @@ fn start_listeners(
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// The RTSP server when `-rtsp` or the config's `rtspAddress` names an
+/// address (`-rtsp` wins). Credentials: the config's own, else the API's
+/// bearer token as the password, else none.
+fn start_rtsp(
+    args: &Args,
+    file: &config::RtspFileSettings,
+    metrics: &Arc<Metrics>,
+    paths: &Arc<Paths>,
+    shutdown: &shutdown::Shutdown,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<RtspServer>, String> {
+    let addr = match cli::parse_listen(&args.rtsp)? {
+        Some(addr) => addr,
+        None => match file.address {
+            Some(addr) => addr,
+            None => return Ok(None),
+        },
+    };
+    let auth = match (&file.credentials, &args.auth_token_file) {
+        (Some((user, pass)), _) => rtsp_server::Auth::Credentials { user: user.clone(), pass: pass.clone() },
+        (None, Some(path)) => rtsp_server::Auth::Token(control::load_token(path)?),
+        (None, None) => rtsp_server::Auth::Open,
+    };
+    let config = rtsp_server::RtspServerConfig {
+        addr,
+        auth,
+        session_timeout: rtsp_server::parse_session_timeout(&args.rtsp_session_timeout)
+            .map_err(|e| format!("-rtsp-session-timeout: {e}"))?,
+        udp_port_range: webrtc::parse_port_range(&args.rtsp_udp_port_range)
+            .map_err(|e| format!("-rtsp-udp-port-range: {e}"))?,
+    };
+    let shown = if args.rtsp.is_empty() { format!("{addr} (rtspAddress)") } else { args.rtsp.clone() };
+    let server = RtspServer::start(config, paths.clone(), metrics, runtime, shutdown)
+        .map_err(|e| bind_error("rtsp", &shown, &e))?;
+    for path in paths.iter() {
+        log::info!("rtsp: {} at {}", path.name(), rtsp_server::url_of(server.addr, path.name()));
+    }
+    Ok(Some(server))
 }
 
 /// `-http :8081 is in use; pass -http :PORT` and the like.

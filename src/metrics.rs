@@ -36,6 +36,8 @@ pub struct Metrics {
     families: Families,
     /// The path whose series also appear under API.md's unlabelled names.
     legacy: Mutex<String>,
+    /// 1 while a TURN server gives allocations (`crate::turn`), by URL.
+    pub turn_up: IntGaugeVec,
 }
 
 /// One path's metrics: handles bound to `path="NAME"`.
@@ -84,6 +86,17 @@ pub struct StreamMetrics {
     codec_info: IntGaugeVec,
     pub recordings: IntCounter,
     pub recording_files_deleted: IntCounter,
+    /// RTSP clients playing this path now.
+    pub rtsp_clients: IntGauge,
+    /// RTSP sessions that started playing.
+    pub rtsp_sessions: IntCounter,
+    pub rtsp_frames_sent: IntCounter,
+    /// Frames RTSP clients lost (queue full, then until the next keyframe).
+    pub rtsp_frames_dropped: IntCounter,
+    /// RTP and RTCP bytes sent to RTSP clients (interleaved framing included).
+    pub rtsp_bytes_sent: IntCounter,
+    /// RTSP clients dropped because they stopped reading.
+    pub rtsp_clients_stuck: IntCounter,
     hls_requests: IntCounterVec,
     hls_request_errors: IntCounterVec,
     /// 1 while the path's HLS muxer runs (someone asked within the idle time).
@@ -150,6 +163,11 @@ impl Metrics {
                 counter("recording_errors_total", "Recordings ended by an I/O error, by operation", &["path", "op"]),
                 counter("recordings_total", "Recordings started", p),
                 counter("recording_files_deleted_total", "Old recordings deleted by retention", p),
+                counter("rtsp_sessions_total", "RTSP sessions that started playing", p),
+                counter("rtsp_frames_sent_total", "Frames sent to RTSP clients", p),
+                counter("rtsp_frames_dropped_total", "Frames RTSP clients lost (slow reader)", p),
+                counter("rtsp_bytes_sent_total", "RTP/RTCP bytes sent to RTSP clients", p),
+                counter("rtsp_clients_stuck_total", "RTSP clients dropped for not reading", p),
                 counter(
                     "hls_requests_total",
                     "HLS requests by kind (playlist, blocking_playlist, part, segment, init)",
@@ -171,6 +189,7 @@ impl Metrics {
                 gauge("recording_bytes", "Bytes written to the current recording"),
                 gauge("recording_frames", "Frames written to the current recording"),
                 gauge("camera_attached", "1 while the source delivers"),
+                gauge("rtsp_clients", "RTSP clients playing now"),
                 gauge_with("codec_info", "1 for the codec the stream carries now (h264, h265)", &["path", "codec"]),
                 gauge("hls_muxing", "1 while the HLS muxer runs"),
                 gauge("hls_held_requests", "HLS requests waiting for a part or playlist now"),
@@ -198,7 +217,13 @@ impl Metrics {
                 ),
             ],
         };
-        Metrics { registry, families, legacy: Mutex::new(crate::config::LEGACY_PATH.to_string()) }
+        let turn_up = IntGaugeVec::new(
+            Opts::new("streaming_turn_up", "1 while the TURN server gives relay allocations"),
+            &["url"],
+        )
+        .expect("metric names are static and valid");
+        registry.register(Box::new(turn_up.clone())).expect("each metric is registered once");
+        Metrics { registry, families, legacy: Mutex::new(crate::config::LEGACY_PATH.to_string()), turn_up }
     }
 
     /// Sets the path whose series also appear under the unlabelled names.
@@ -257,6 +282,12 @@ impl Metrics {
             codec_info: self.gauge("codec_info").clone(),
             recordings: c("recordings_total"),
             recording_files_deleted: c("recording_files_deleted_total"),
+            rtsp_clients: g("rtsp_clients"),
+            rtsp_sessions: c("rtsp_sessions_total"),
+            rtsp_frames_sent: c("rtsp_frames_sent_total"),
+            rtsp_frames_dropped: c("rtsp_frames_dropped_total"),
+            rtsp_bytes_sent: c("rtsp_bytes_sent_total"),
+            rtsp_clients_stuck: c("rtsp_clients_stuck_total"),
             hls_requests: self.counter("hls_requests_total").clone(),
             hls_request_errors: self.counter("hls_request_errors_total").clone(),
             hls_muxing: g("hls_muxing"),

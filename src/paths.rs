@@ -55,6 +55,7 @@ impl Path {
             "height": height,
             "fps": fps,
             "viewers": self.viewers.count(),
+            "rtsp_clients": self.stream.metrics.rtsp_clients.get(),
             "max_clients": self.config.max_clients,
             "recording": recording.recording,
             "hls": self.hls.summary(),
@@ -114,6 +115,9 @@ impl Paths {
             let mut viewer_config = webrtc.clone();
             viewer_config.max_clients = config.max_clients;
             viewer_config.on_demand = config.on_demand;
+            if let Some(turn) = &config.turn {
+                viewer_config.turn = turn.clone();
+            }
             let viewers = Viewers::new(viewer_config, stream.clone(), shutdown.clone(), runtime.clone())?;
             let record = &config.record;
             let recorder = Recorder::with_config(

@@ -12,7 +12,10 @@
 //! Durability (the procedure in `docs/design.md`, "Recording durability"):
 //! create with `O_EXCL`, `fsync` the directory so the file's name survives a
 //! crash, write whole access units, `fdatasync` at least once a second, and
-//! on stop `sync_all`, then `fsync` the directory. A power cut loses at most
+//! on stop `sync_all`, then `fsync` the directory. Beside each file, a
+//! capture-time sidecar ([`crate::recording_times`]) gets a record after
+//! each whole access unit and is synced with the file; its failure costs
+//! timing only, never the recording. A power cut loses at most
 //! the last second; what is on disk plays, because the file is only ever
 //! extended by whole access units.
 //!
@@ -49,6 +52,7 @@ use serde::Serialize;
 
 use crate::codec::{AccessUnit, Codec};
 use crate::hub::{ConsumerStats, QueueBudget, Queued, StartAt, SubscribeOptions, Subscription};
+use crate::recording_times::{Header, TimesWriter};
 use crate::stream::Stream;
 
 /// Data reaches the disk at least this often while recording.
@@ -352,6 +356,7 @@ impl Recorder {
         // its first frame (the writer renames the still empty file then).
         let codec = inner.stream.hub.parameter_sets().map_or(Codec::H264, |ps| ps.codec());
         let (file, name) = create_unique(&inner.dir, &local_stamp(wall), codec)?;
+        let times = open_times(&inner.dir, &name, Header::now(1, &name));
         // Make the new name durable before any data: a crash then leaves a
         // (possibly empty) file rather than data with no name.
         sync_dir(&inner.dir).map_err(|e| RecorderError::Io(format!("fsync {}: {e}", inner.dir.display())))?;
@@ -387,7 +392,9 @@ impl Recorder {
             path: writer_path.clone(),
             subscription,
             commands: command_rx,
+            recording_name: name.clone(),
             name,
+            times,
             segment_bytes: 0,
             segment_first_capture: None,
             segments: 1,
@@ -535,6 +542,10 @@ struct Writer {
     file: File,
     path: PathBuf,
     name: String,
+    /// The first file's name: the recording these segments belong to.
+    recording_name: String,
+    /// The current file's capture-time sidecar.
+    times: TimesWriter,
     subscription: Subscription,
     commands: flume::Receiver<Command>,
     /// Bytes of whole access units in the current file: its length.
@@ -610,6 +621,7 @@ impl Writer {
         for chunk in au.annexb_chunks() {
             self.file.write_all(chunk).map_err(|e| ("write", e))?;
         }
+        self.times.record(self.segment_bytes, au.capture_time);
         let len = au.annexb_len() as u64;
         self.segment_bytes += len;
         self.bytes += len;
@@ -622,6 +634,7 @@ impl Writer {
     fn sync_if_due(&mut self) -> Result<(), (&'static str, io::Error)> {
         if self.dirty && self.last_sync.elapsed() >= SYNC_INTERVAL {
             self.file.sync_data().map_err(|e| ("fdatasync", e))?;
+            self.times.sync();
             self.dirty = false;
             self.last_sync = Instant::now();
         }
@@ -646,6 +659,13 @@ impl Writer {
             return self.rotate();
         }
         std::fs::rename(&self.path, &target).map_err(|e| ("create", e))?;
+        if self.segments == 1 {
+            self.recording_name = name.clone();
+        }
+        // Still empty: a fresh sidecar under the new name, naming the
+        // recording as it is now called.
+        let header = Header::now(self.segments as u32, &self.recording_name);
+        std::mem::replace(&mut self.times, open_times(&dir, &name, header)).remove();
         sync_dir(&dir).map_err(|e| ("fsync directory", e))?;
         self.path = target;
         self.name = name.clone();
@@ -659,9 +679,11 @@ impl Writer {
     /// Closes the current file like a stop and continues in a new one.
     fn rotate(&mut self) -> Result<(), (&'static str, io::Error)> {
         self.file.sync_all().map_err(|e| ("fsync", e))?;
+        self.times.sync();
         let dir = self.inner.dir.clone();
         let (file, name) = create_unique(&dir, &local_stamp(SystemTime::now()), self.codec)
             .map_err(|e| ("create", io::Error::other(e.to_string())))?;
+        self.times = open_times(&dir, &name, Header::now(self.segments as u32 + 1, &self.recording_name));
         sync_dir(&dir).map_err(|e| ("fsync directory", e))?;
         log::info!("recording: segment {} done ({} bytes); next {name}", self.path.display(), self.segment_bytes);
         self.file = file;
@@ -703,6 +725,7 @@ impl Writer {
             }
             match std::fs::remove_file(&path) {
                 Ok(()) => {
+                    remove_sidecar(&path);
                     log::info!("recording: retention deleted {} ({size} bytes)", path.display());
                     self.inner.stream.metrics.recording_files_deleted.inc();
                     total = total.saturating_sub(size);
@@ -743,11 +766,9 @@ impl Writer {
                 return Err(message);
             }
         }
-        let result = self
-            .file
-            .sync_all()
-            .map_err(|e| ("fsync", e))
-            .and_then(|()| sync_dir(&self.inner.dir).map_err(|e| ("fsync directory", e)));
+        let result = self.file.sync_all().map_err(|e| ("fsync", e));
+        self.times.sync();
+        let result = result.and_then(|()| sync_dir(&self.inner.dir).map_err(|e| ("fsync directory", e)));
         if let Err((op, error)) = result {
             return Err(self.fail(op, &error));
         }
@@ -773,6 +794,8 @@ impl Writer {
             log::warn!("recording: cannot truncate {} after the error: {e}", self.path.display());
         }
         let _ = self.file.sync_all();
+        // Its records name whole access units only, all still in the file.
+        self.times.sync();
         let _ = sync_dir(&self.inner.dir);
         self.inner.stream.metrics.recording_error(op);
         self.end(Some(message.clone()));
@@ -795,6 +818,25 @@ impl Writer {
         let metrics = &self.inner.stream.metrics;
         metrics.recording_active.set(0);
         metrics.recorder_buffer_usage_percent.set(0);
+    }
+}
+
+/// The capture-time sidecar of a new file; a recording whose sidecar
+/// cannot be created goes on without one (its frames get estimated times).
+fn open_times(dir: &Path, name: &str, header: Header) -> TimesWriter {
+    TimesWriter::create(dir, name, &header).unwrap_or_else(|e| {
+        log::warn!("recording: cannot create the capture-time sidecar of {name}: {e}");
+        TimesWriter::none(dir, name)
+    })
+}
+
+/// Deletes a deleted recording's sidecar, if it has one.
+pub(crate) fn remove_sidecar(recording: &Path) {
+    let sidecar = crate::recording_times::sidecar_path(recording);
+    if let Err(e) = std::fs::remove_file(&sidecar) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("recording: cannot delete {}: {e}", sidecar.display());
+        }
     }
 }
 
@@ -883,8 +925,53 @@ fn local_stamp(wall: SystemTime) -> String {
     )
 }
 
+/// Whether `name` is one the recorder makes:
+/// `recording_YYYYMMDD_HHMMSS`, optionally `_1` to `_999`, then `.h264` or
+/// `.h265`. Nothing else is a recording to the HTTP routes.
+pub fn is_recording_name(name: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix("recording_") else { return false };
+    let Some((stem, ext)) = rest.rsplit_once('.') else { return false };
+    if !Codec::ALL.iter().any(|c| c.extension() == ext) {
+        return false;
+    }
+    let parts: Vec<&str> = stem.split('_').collect();
+    match parts[..] {
+        [date, time] => digits(date, 8) && digits(time, 6),
+        [date, time, n] => {
+            digits(date, 8)
+                && digits(time, 6)
+                && (1..=3).contains(&n.len())
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && !n.starts_with('0')
+        }
+        _ => false,
+    }
+}
+
+/// The local time a recording's name stamps (its `/start` or rotation),
+/// for files without a capture-time sidecar.
+pub fn name_time(name: &str) -> Option<SystemTime> {
+    if !is_recording_name(name) {
+        return None;
+    }
+    let field = |range: std::ops::Range<usize>| name.get(range)?.parse::<i32>().ok();
+    // SAFETY: all-zero bytes are a valid libc::tm (plain data).
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = field(10..14)? - 1900;
+    tm.tm_mon = field(14..16)? - 1;
+    tm.tm_mday = field(16..18)?;
+    tm.tm_hour = field(19..21)?;
+    tm.tm_min = field(21..23)?;
+    tm.tm_sec = field(23..25)?;
+    tm.tm_isdst = -1; // let mktime find out
+                      // SAFETY: mktime reads and normalizes the struct it is given.
+    let secs = unsafe { libc::mktime(&mut tm) };
+    (secs >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
+}
+
 /// RFC 3339 in local time with its offset, milliseconds included.
-fn rfc3339_local(wall: SystemTime) -> String {
+pub(crate) fn rfc3339_local(wall: SystemTime) -> String {
     let (tm, offset) = local_tm(wall);
     let millis = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
     let zone = if offset == 0 {
@@ -921,6 +1008,33 @@ mod tests {
         assert_eq!(first, "recording_20250101_000000.h264");
         assert_eq!(second, "recording_20250101_000000_1.h264");
         assert_eq!(third, "recording_20250101_000000_2.h264");
+    }
+
+    #[test]
+    fn only_the_recorders_own_names_are_recordings() {
+        for good in
+            ["recording_20251226_223031.h264", "recording_20251226_223031_1.h265", "recording_20251226_223031_999.h264"]
+        {
+            assert!(is_recording_name(good), "{good}");
+        }
+        for bad in [
+            "recording_20251226_223031.mp4",
+            "recording_20251226_223031_0.h264",
+            "recording_20251226_223031_1000.h264",
+            "recording_2025122_223031.h264",
+            ".recording_20251226_223031.h264.times",
+            "recording_20251226_223031.h264/x",
+            "../recording_20251226_223031.h264",
+            "recording_20251226_22303a.h264",
+            "recording_20251226_223031_.h264",
+            "recording_b.h264",
+        ] {
+            assert!(!is_recording_name(bad), "{bad}");
+        }
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_766_788_231);
+        let name = format!("{}.h264", local_stamp(wall));
+        assert_eq!(name_time(&name), Some(wall), "{name}");
+        assert_eq!(name_time("recording_b.h264"), None);
     }
 
     #[test]
@@ -973,6 +1087,51 @@ mod tests {
             .collect();
         assert_eq!(names, ["recording_b.h264", "recording_a.h264"]);
         assert!(free_space(dir.path()).unwrap() > 0);
+    }
+
+    #[test]
+    fn a_recording_started_before_the_codec_is_known_renames_its_file_and_sidecar() {
+        use crate::codec::{Processor, RawFrame};
+        let dir = tempfile::tempdir().unwrap();
+        let stream = Stream::new("cam", &Arc::new(Metrics::new()));
+        let recorder = Recorder::new(dir.path().to_path_buf(), stream.clone());
+        let started = recorder.start().unwrap();
+        assert!(started.filename.ends_with(".h264"), "no codec known yet: {}", started.filename);
+        // An H.265 stream arrives: the still empty file becomes .h265.
+        let clip = include_bytes!("../assets/demo.h265");
+        let mut processor = Processor::new(Codec::H265);
+        for (n, au) in Codec::H265.split_access_units(clip).into_iter().take(45).enumerate() {
+            let frame = RawFrame {
+                codec: Codec::H265,
+                data: bytes::Bytes::copy_from_slice(&clip[au]),
+                frame_number: n as u64,
+                index: n as u32,
+                capture_time: Duration::from_micros(7_000_000 + n as u64 * 33_333),
+                read_time: Duration::ZERO,
+                camera_id: 0,
+                width: 0,
+                height: 0,
+            };
+            stream.hub.publish(Arc::new(processor.process(frame).unwrap()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while recorder.status().frame_count < 45 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stopped = recorder.stop().unwrap();
+        let name = stopped.filename.clone();
+        assert_eq!(name, started.filename.replace(".h264", ".h265"));
+        assert_eq!(stopped.frame_count, 45);
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names.len(), 2, "the file and its sidecar only: {names:?}");
+        let sidecar = dir.path().join(format!(".{name}.times"));
+        let summary = crate::recording_times::read_summary(&mut File::open(sidecar).unwrap()).unwrap().unwrap();
+        assert_eq!((summary.header.recording.as_str(), summary.header.segment), (name.as_str(), 1));
+        assert_eq!(summary.records, 45);
+        assert_eq!(summary.first.map(|r| (r.offset, r.capture_us)), Some((0, 7_000_000)));
+        assert_eq!(summary.last.map(|r| r.capture_us), Some(7_000_000 + 44 * 33_333));
+        recorder.shutdown();
     }
 
     #[test]

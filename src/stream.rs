@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::clock::monotonic_now;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, StreamMetrics};
+use crate::rtp::PacketCache;
 
 /// No frame for this long and the source counts as stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(3);
@@ -163,6 +164,9 @@ pub struct Stream {
     pub source: Arc<SourceStatus>,
     pub metrics: StreamMetrics,
     pub demand: Demand,
+    /// RTP packets of this stream's access units, packetized once for every
+    /// receiver: WebRTC viewers and RTSP clients alike.
+    pub packets: Arc<PacketCache>,
     /// Set once if the source's media thread died: why.
     pub fatal: Arc<OnceLock<String>>,
 }
@@ -178,6 +182,7 @@ impl Stream {
             source: Arc::new(source),
             metrics: metrics.stream(name),
             demand: Demand::default(),
+            packets: Arc::new(PacketCache::new()),
             fatal: Arc::new(OnceLock::new()),
         }
     }

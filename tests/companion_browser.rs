@@ -136,7 +136,12 @@ fn the_companion_page_plays_live_and_records() {
     assert_eq!(seen["errorText"], "", "{seen}");
     assert_eq!(seen["consoleErrors"].as_array().unwrap().len(), 0, "{seen}");
 
-    let files: Vec<_> = std::fs::read_dir(&recordings).unwrap().map(|e| e.unwrap().path()).collect();
+    // The recording, without its hidden capture-time sidecar.
+    let files: Vec<_> = std::fs::read_dir(&recordings)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(std::fs::metadata(&files[0]).unwrap().len() > 10_000, "recording too small: {files:?}");
 }

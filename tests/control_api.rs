@@ -78,7 +78,6 @@ fn every_route_answers_bad_input_with_the_right_status_and_a_json_error() {
         long.as_str(),
         "/../status",
         "/../../../etc/passwd",
-        "/recordings/../Cargo.toml",
         "/./status",
         "status",
         "*",
@@ -91,6 +90,15 @@ fn every_route_answers_bad_input_with_the_right_status_and_a_json_error() {
         assert_eq!(status, 404, "{path}: {text}");
         assert!(text.contains("application/json") && !text.contains("[package]"), "{text}");
     }
+    // Under /recordings/ a name that is not a recording's is a bad request
+    // (tests/recordings_e2e.rs has the rest of the traversal attempts).
+    let (status, text) = raw(
+        addr,
+        b"GET /recordings/../Cargo.toml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("application/json") && !text.contains("[package]"), "{text}");
     // A request line over the limit is refused without buffering it all.
     let huge = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000));
     assert_eq!(raw(addr, huge.as_bytes(), Duration::from_secs(5)).0, 431);
@@ -251,7 +259,7 @@ fn concurrent_starts_make_exactly_one_recording() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(post(&server.url("http", "/stop"), b"").status, 200);
     post(&server.url("http", "/stop"), b"").assert_json_error(409);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    assert_eq!(recording_files(dir.path()).len(), 1);
 }
 
 #[test]

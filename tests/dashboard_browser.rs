@@ -5,25 +5,14 @@
 //! rate, fits a phone-width screen, and records at the click of its button.
 
 mod common;
+mod control_support;
 mod rtsp_support;
 
-use std::path::PathBuf;
 use std::process::Command;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 #[test]
 fn chromium_plays_every_camera_of_the_dashboard_at_desktop_and_phone_width() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium =
-        PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-    if !chromium.exists() || !browser_dir.join("node_modules/playwright-core").exists() {
-        assert!(!in_ci(), "Chromium and playwright-core are installed in CI (scripts/test.sh)");
-        eprintln!("SKIPPING the dashboard test: no Chromium or playwright-core");
-        return;
-    }
+    let Some((browser_dir, chromium)) = control_support::browser_tools() else { return };
     let dir = tempfile::tempdir().unwrap();
     let shm = common::unique_shm("dash_day");
     let _camera = common::fake_camera(&shm, &["-fps", "30"]);

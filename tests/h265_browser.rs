@@ -5,24 +5,13 @@
 //! `fallback` plays the fallback.
 
 mod common;
+mod control_support;
 
-use std::path::PathBuf;
 use std::process::Command;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 #[test]
 fn chromium_without_h265_reads_a_clear_message_or_plays_the_fallback() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium =
-        PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
-    if !chromium.exists() || !browser_dir.join("node_modules/playwright-core").exists() {
-        assert!(!in_ci(), "Chromium and playwright-core are installed in CI (scripts/test.sh)");
-        eprintln!("SKIPPING the H.265 browser test: no Chromium or playwright-core");
-        return;
-    }
+    let Some((browser_dir, chromium)) = control_support::browser_tools() else { return };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("streams.yml");
     std::fs::write(

@@ -8,10 +8,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use h265_support::{clip_1080p, demo_clip, raw};
-use rtc::rtp::codec::h265::{H265Packet, H265Payload};
-use rtc::rtp::packetizer::Depacketizer as _;
+use bytes::Bytes;
+use h265_support::{clip_1080p, demo_clip, raw, rtc_depacketize};
 use streaming_server::codec::annexb::split_annexb;
 use streaming_server::codec::h265::{nal_type, nal_unit_type, split_access_units, Processor};
 use streaming_server::codec::AccessUnit;
@@ -87,40 +85,6 @@ fn roundtrip_access_unit(au: &AccessUnit, seq: &mut u16, ours: &mut Depacketizer
     assert_eq!(rtc_depacketize(&payloads), sent_nals(au), "rtc, access unit {}", au.seq);
     assert_eq!(payload_starts_irap(&payloads[0]) || payloads.iter().any(|p| payload_starts_irap(p)), au.is_keyframe);
     payloads
-}
-
-/// The rtc crate parses each payload into its RFC 7798 structure; this
-/// glue only concatenates the NAL bytes it parsed.
-fn rtc_depacketize(payloads: &[Bytes]) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut fragment: Option<BytesMut> = None;
-    for payload in payloads {
-        let mut packet = H265Packet::default();
-        packet.depacketize(payload).unwrap();
-        match packet.payload() {
-            H265Payload::H265SingleNALUnitPacket(single) => {
-                let mut v = BytesMut::from(&single.payload_header().0.to_be_bytes()[..]);
-                v.extend_from_slice(&single.payload());
-                out.push(v.freeze());
-            }
-            H265Payload::H265AggregationPacket(ap) => {
-                out.push(ap.first_unit().unwrap().nal_unit());
-                out.extend(ap.other_units().iter().map(|u| u.nal_unit()));
-            }
-            H265Payload::H265FragmentationUnitPacket(fu) => {
-                if fu.fu_header().s() {
-                    let header = (fu.payload_header().0 & 0x81ff) | (u16::from(fu.fu_header().fu_type()) << 9);
-                    fragment = Some(BytesMut::from(&header.to_be_bytes()[..]));
-                }
-                fragment.as_mut().unwrap().extend_from_slice(&fu.payload());
-                if fu.fu_header().e() {
-                    out.push(fragment.take().unwrap().freeze());
-                }
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    out
 }
 
 #[test]

@@ -2,11 +2,9 @@
 
 mod h265_support;
 
-use bytes::{Bytes, BytesMut};
-use h265_support::{hex, raw};
+use bytes::Bytes;
+use h265_support::{hex, raw, rtc_depacketize};
 use proptest::prelude::*;
-use rtc::rtp::codec::h265::{H265Packet, H265Payload};
-use rtc::rtp::packetizer::Depacketizer as _;
 use streaming_server::codec::annexb::split_annexb;
 use streaming_server::codec::h265::{nal_type, nal_unit_type, parse_sps, split_access_units, Processor};
 use streaming_server::rtp::h265::{packetize_nals, payload_starts_irap, Depacketizer, MAX_PAYLOAD};
@@ -62,38 +60,6 @@ fn sendable_nal() -> impl Strategy<Value = Bytes> {
         let body: Vec<u8> = (0..size).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8)).collect();
         nal_with(kind, layer, tid, &body)
     })
-}
-
-fn rtc_depacketize(payloads: &[Bytes]) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut fragment: Option<BytesMut> = None;
-    for payload in payloads {
-        let mut packet = H265Packet::default();
-        packet.depacketize(payload).unwrap();
-        match packet.payload() {
-            H265Payload::H265SingleNALUnitPacket(single) => {
-                let mut v = BytesMut::from(&single.payload_header().0.to_be_bytes()[..]);
-                v.extend_from_slice(&single.payload());
-                out.push(v.freeze());
-            }
-            H265Payload::H265AggregationPacket(ap) => {
-                out.push(ap.first_unit().unwrap().nal_unit());
-                out.extend(ap.other_units().iter().map(|u| u.nal_unit()));
-            }
-            H265Payload::H265FragmentationUnitPacket(fu) => {
-                if fu.fu_header().s() {
-                    let header = (fu.payload_header().0 & 0x81ff) | (u16::from(fu.fu_header().fu_type()) << 9);
-                    fragment = Some(BytesMut::from(&header.to_be_bytes()[..]));
-                }
-                fragment.as_mut().unwrap().extend_from_slice(&fu.payload());
-                if fu.fu_header().e() {
-                    out.push(fragment.take().unwrap().freeze());
-                }
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    out
 }
 
 proptest! {

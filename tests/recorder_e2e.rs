@@ -24,7 +24,7 @@ fn start_server_with(shm: &str, dir: &Path, extra: &[&str]) -> Server {
 
 /// The directory's recordings in the order they were written.
 fn recordings(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files = recording_files(dir);
     files.sort_by_key(|p| (std::fs::metadata(p).unwrap().modified().unwrap(), p.clone()));
     files
 }
@@ -134,7 +134,7 @@ fn records_a_byte_exact_run_of_the_clip_with_pre_roll() {
         check_file(&records.join(&name), &status, &clip);
         names.push(name);
     }
-    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 3);
+    assert_eq!(recording_files(&records).len(), 3);
 }
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
@@ -357,6 +357,17 @@ fn retention_deletes_the_oldest_recordings_beyond_the_byte_budget() {
     for path in &files {
         assert!(ffmpeg_errors(path).is_empty(), "{path:?}");
     }
+    // Each deleted recording took its capture-time sidecar with it.
+    let mut sidecars: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    sidecars.sort();
+    let mut expected: Vec<String> =
+        files.iter().map(|p| format!(".{}.times", p.file_name().unwrap().to_string_lossy())).collect();
+    expected.sort();
+    assert_eq!(sidecars, expected);
     let metrics = parse_metrics(&get(&server.url("metrics", "/metrics")).text());
     let deleted = metrics["streaming_recording_files_deleted_total"];
     assert_eq!(deleted as u64 + files.len() as u64, status["segments"].as_u64().unwrap());

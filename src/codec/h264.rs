@@ -91,88 +91,8 @@ impl SpsInfo {
     }
 }
 
-/// Why an SPS could not be parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpsError {
-    NotAnSps,
-    Truncated,
-    OutOfRange(&'static str, u32),
-}
-
-impl fmt::Display for SpsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpsError::NotAnSps => write!(f, "NAL unit is not an SPS"),
-            SpsError::Truncated => write!(f, "SPS ends early"),
-            SpsError::OutOfRange(field, value) => write!(f, "SPS field {field} out of range: {value}"),
-        }
-    }
-}
-
-/// Reads bits from an RBSP (emulation-prevention bytes already removed).
-struct BitReader<'a> {
-    data: &'a [u8],
-    bit: usize,
-}
-
-impl<'a> BitReader<'a> {
-    fn bit(&mut self) -> Result<u32, SpsError> {
-        let byte = *self.data.get(self.bit / 8).ok_or(SpsError::Truncated)?;
-        let value = (byte >> (7 - self.bit % 8)) & 1;
-        self.bit += 1;
-        Ok(u32::from(value))
-    }
-
-    fn bits(&mut self, n: u32) -> Result<u32, SpsError> {
-        let mut value = 0;
-        for _ in 0..n {
-            value = (value << 1) | self.bit()?;
-        }
-        Ok(value)
-    }
-
-    /// ue(v): Exp-Golomb, up to 32 bits of value.
-    fn ue(&mut self) -> Result<u32, SpsError> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return Err(SpsError::OutOfRange("exp-golomb length", zeros));
-            }
-        }
-        let rest = self.bits(zeros)?;
-        Ok(((1u64 << zeros) - 1 + u64::from(rest)) as u32)
-    }
-
-    /// se(v): signed Exp-Golomb; only range-checked, never used for values.
-    fn se(&mut self) -> Result<i64, SpsError> {
-        let k = i64::from(self.ue()?);
-        Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
-    }
-
-    fn ue_max(&mut self, field: &'static str, max: u32) -> Result<u32, SpsError> {
-        let value = self.ue()?;
-        if value > max {
-            return Err(SpsError::OutOfRange(field, value));
-        }
-        Ok(value)
-    }
-}
-
-/// Removes emulation-prevention bytes (`00 00 03` -> `00 00`).
-pub fn nal_to_rbsp(nal: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nal.len());
-    let mut zeros = 0;
-    for &b in nal {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
-}
+use super::bits::BitReader;
+pub use super::bits::{nal_to_rbsp, SpsError};
 
 /// Parses an SPS NAL unit (header byte included).
 pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
@@ -180,7 +100,7 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, SpsError> {
         return Err(SpsError::NotAnSps);
     }
     let rbsp = nal_to_rbsp(nal.get(1..).unwrap_or_default());
-    let mut r = BitReader { data: &rbsp, bit: 0 };
+    let mut r = BitReader::new(&rbsp);
     let profile_idc = r.bits(8)? as u8;
     let constraint_flags = r.bits(8)? as u8;
     let level_idc = r.bits(8)? as u8;
@@ -325,7 +245,7 @@ pub fn slice_type(nal: &[u8]) -> Option<u32> {
     // field is at most 32 bits here.
     let head = nal.get(1..).unwrap_or_default();
     let rbsp = nal_to_rbsp(&head[..head.len().min(10)]);
-    let mut r = BitReader { data: &rbsp, bit: 0 };
+    let mut r = BitReader::new(&rbsp);
     r.ue().ok()?; // first_mb_in_slice
     r.ue().ok()
 }

@@ -236,107 +236,8 @@ pub fn describe_ptl(ptl: ProfileTierLevel) -> String {
     )
 }
 
-/// Why an SPS could not be parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpsError {
-    NotAnSps,
-    /// An SPS of a layer other than the base layer (different syntax).
-    NotBaseLayer(u8),
-    Truncated,
-    OutOfRange(&'static str, u32),
-}
-
-impl fmt::Display for SpsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpsError::NotAnSps => write!(f, "NAL unit is not an SPS"),
-            SpsError::NotBaseLayer(layer) => write!(f, "SPS of layer {layer}, not the base layer"),
-            SpsError::Truncated => write!(f, "SPS ends early"),
-            SpsError::OutOfRange(field, value) => write!(f, "SPS field {field} out of range: {value}"),
-        }
-    }
-}
-
-impl std::error::Error for SpsError {}
-
-/// Reads bits from an RBSP (emulation-prevention bytes already removed).
-struct BitReader<'a> {
-    data: &'a [u8],
-    bit: usize,
-}
-
-impl BitReader<'_> {
-    fn bit(&mut self) -> Result<u32, SpsError> {
-        let byte = *self.data.get(self.bit / 8).ok_or(SpsError::Truncated)?;
-        let value = (byte >> (7 - self.bit % 8)) & 1;
-        self.bit += 1;
-        Ok(u32::from(value))
-    }
-
-    fn flag(&mut self) -> Result<bool, SpsError> {
-        Ok(self.bit()? == 1)
-    }
-
-    /// Up to 32 bits.
-    fn bits(&mut self, n: u32) -> Result<u32, SpsError> {
-        let mut value = 0u32;
-        for _ in 0..n.min(32) {
-            value = (value << 1) | self.bit()?;
-        }
-        Ok(value)
-    }
-
-    fn skip(&mut self, n: usize) -> Result<(), SpsError> {
-        let end = self.bit.checked_add(n).ok_or(SpsError::Truncated)?;
-        if end > self.data.len() * 8 {
-            return Err(SpsError::Truncated);
-        }
-        self.bit = end;
-        Ok(())
-    }
-
-    /// ue(v): Exp-Golomb, up to 32 bits of value.
-    fn ue(&mut self) -> Result<u32, SpsError> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return Err(SpsError::OutOfRange("exp-golomb length", zeros));
-            }
-        }
-        let rest = self.bits(zeros)?;
-        Ok(((1u64 << zeros) - 1 + u64::from(rest)) as u32)
-    }
-
-    /// se(v): signed Exp-Golomb.
-    fn se(&mut self) -> Result<i64, SpsError> {
-        let k = i64::from(self.ue()?);
-        Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
-    }
-
-    fn ue_max(&mut self, field: &'static str, max: u32) -> Result<u32, SpsError> {
-        let value = self.ue()?;
-        if value > max {
-            return Err(SpsError::OutOfRange(field, value));
-        }
-        Ok(value)
-    }
-}
-
-/// Removes emulation-prevention bytes (`00 00 03` -> `00 00`).
-pub fn nal_to_rbsp(nal: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nal.len());
-    let mut zeros = 0;
-    for &b in nal {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        out.push(b);
-    }
-    out
-}
+use super::bits::BitReader;
+pub use super::bits::{nal_to_rbsp, SpsError};
 
 /// Largest picture dimension any H.265 level allows (level 6.2:
 /// sqrt(MaxLumaPs * 8)); bigger is garbage.
@@ -368,7 +269,7 @@ fn parse_sps_parts(nal: &[u8]) -> Result<SpsParts, SpsError> {
         return Err(SpsError::NotBaseLayer(layer));
     }
     let rbsp = nal_to_rbsp(nal.get(2..).unwrap_or_default());
-    let mut r = BitReader { data: &rbsp, bit: 0 };
+    let mut r = BitReader::new(&rbsp);
     r.bits(4)?; // sps_video_parameter_set_id
     let max_sub_layers_minus1 = r.bits(3)?;
     if max_sub_layers_minus1 > 6 {

@@ -10,6 +10,7 @@
 //! these verdicts, whatever the codec.
 
 pub mod annexb;
+mod bits;
 pub mod h264;
 pub mod h265;
 

@@ -1,6 +1,7 @@
 //! Control plane on `-http` (`../shared/API.md`): WebRTC signaling
 //! (`/offer`, WHEP), recording (`/start`, `/stop`, `/status`), `/health`,
-//! each per path under `/NAME/` too, `/paths`, the dashboard and the viewer
+//! each per path under `/NAME/` too, `/paths`, the recordings on disk
+//! (`/recordings`, [`recordings`]), the dashboard, viewer and recordings
 //! pages; plus the `-metrics` listener.
 //!
 //! In: HTTP requests, from the Flask app's server, its pages in browsers
@@ -16,11 +17,14 @@
 //! and recorder status copies.
 //!
 //! Bad input: unknown paths are 404 before anything else is looked at (no
-//! path ever reaches the filesystem), wrong methods 405 with `Allow`, a
+//! path ever reaches the filesystem; recording names are checked by
+//! [`crate::recordings`] before any file is touched), wrong methods 405 with `Allow`, a
 //! missing token 401, all decided from the head before any body byte is
 //! read; bodies over [`BODY_LIMIT`] 413, malformed JSON or SDP 400. A
 //! client cannot tie up the server (see [`crate::http`]), and at most
 //! [`MAX_OFFERS_IN_FLIGHT`] negotiations run at once.
+
+mod recordings;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::paths::{Path, Paths};
 use crate::recorder::RecorderError;
 use crate::webrtc::{self, OfferError};
+use recordings::{RecordingRoutes, RECORDINGS_PAGE};
 
 /// The dashboard served at `GET /`: every path live in a grid.
 pub static DASHBOARD_PAGE: &str = include_str!("../../assets/dashboard.html");
@@ -65,6 +70,8 @@ pub struct ControlConfig {
     /// Bearer token for the state-changing routes; `None` leaves them open.
     pub auth_token: Option<String>,
     pub limits: http::Limits,
+    /// The TURN servers' probe results, for `/health`.
+    pub turn: crate::turn::TurnMonitor,
 }
 
 /// Reads `-auth-token-file`: the token is the file's first line, trimmed.
@@ -103,9 +110,18 @@ enum Action {
     Offer,
     Whep,
     WhepSession(String),
+    /// The STUN/TURN servers a page should use (`/NAME/ice-servers`).
+    IceServers,
     Start,
     Stop,
     Status,
+    /// `GET /recordings`: the JSON list.
+    RecordingList,
+    /// `GET /recordings/`: the recordings page.
+    RecordingsPage,
+    /// `/recordings/{id}`: a file (GET, HEAD) or its deletion; the id is
+    /// checked by [`crate::recordings::Recordings::resolve`].
+    Recording(String),
     /// `index.m3u8`: the LL-HLS media playlist.
     HlsPlaylist,
     /// `init-ID.mp4`.
@@ -171,7 +187,13 @@ impl Route {
             "/start" => return legacy(Action::Start),
             "/stop" => return legacy(Action::Stop),
             "/status" => return legacy(Action::Status),
+            "/ice-servers" => return legacy(Action::IceServers),
+            "/recordings" => return legacy(Action::RecordingList),
+            "/recordings/" => return legacy(Action::RecordingsPage),
             _ => {}
+        }
+        if let Some(id) = path.strip_prefix("/recordings/") {
+            return legacy(Action::Recording(id.to_string()));
         }
         if let Some(id) = path.strip_prefix("/whep/") {
             return legacy(Action::WhepSession(session_id(id)?));
@@ -200,6 +222,7 @@ impl Route {
             "start" => Action::Start,
             "stop" => Action::Stop,
             "status" => Action::Status,
+            "ice-servers" => Action::IceServers,
             other => match other.strip_prefix("whep/") {
                 Some(id) => Action::WhepSession(session_id(id)?),
                 None => hls_media(other)?,
@@ -216,6 +239,9 @@ impl Route {
             | Action::ViewerPage
             | Action::AddSlash
             | Action::Status
+            | Action::IceServers
+            | Action::RecordingList
+            | Action::RecordingsPage
             | Action::HlsPlaylist
             | Action::HlsInit(_)
             | Action::HlsSegment(_)
@@ -224,6 +250,7 @@ impl Route {
             | Action::HlsJsLicense => "GET, HEAD, OPTIONS",
             Action::Offer | Action::Whep | Action::Start | Action::Stop => "POST, OPTIONS",
             Action::WhepSession(_) => "DELETE, OPTIONS",
+            Action::Recording(_) => "GET, HEAD, DELETE, OPTIONS",
         }
     }
 
@@ -231,16 +258,27 @@ impl Route {
         match self.action {
             Action::Offer | Action::Whep | Action::Start | Action::Stop => *method == Method::Post,
             Action::WhepSession(_) => *method == Method::Delete,
+            Action::Recording(_) => matches!(method, Method::Get | Method::Head | Method::Delete),
             _ => matches!(method, Method::Get | Method::Head),
         }
     }
 
-    /// Routes that change state need the token when one is configured, and
-    /// so does HLS: it shows the camera as `/offer` does, so it must not
-    /// be a way around the token.
-    fn needs_auth(&self) -> bool {
-        matches!(self.action, Action::Offer | Action::Whep | Action::WhepSession(_) | Action::Start | Action::Stop)
-            || self.is_hls_media()
+    /// Requests that change state need the token when one is configured,
+    /// and so does HLS: it shows the camera as `/offer` does, so it must
+    /// not be a way around the token.
+    fn needs_auth(&self, method: &Method) -> bool {
+        match self.action {
+            // ice-servers hands out TURN credentials: as guarded as the
+            // offer that would use them.
+            Action::Offer
+            | Action::Whep
+            | Action::WhepSession(_)
+            | Action::Start
+            | Action::Stop
+            | Action::IceServers => true,
+            Action::Recording(_) => *method == Method::Delete,
+            _ => self.is_hls_media(),
+        }
     }
 
     /// HLS playlists and media: the token may come in the query
@@ -265,6 +303,7 @@ pub struct Control {
     health: Arc<Health>,
     config: Arc<ControlConfig>,
     offers_in_flight: Arc<AtomicUsize>,
+    recordings: Arc<RecordingRoutes>,
 }
 
 /// Counts an offer in flight for its lifetime.
@@ -278,7 +317,8 @@ impl Drop for OfferSlot {
 
 impl Control {
     pub fn new(paths: Arc<Paths>, health: Arc<Health>, config: ControlConfig) -> Control {
-        Control { paths, health, config: Arc::new(config), offers_in_flight: Default::default() }
+        let recordings = Arc::new(RecordingRoutes::new(crate::recordings::Recordings::new(paths.clone())));
+        Control { paths, health, config: Arc::new(config), offers_in_flight: Default::default(), recordings }
     }
 
     /// The path a route acts on; `None` for an unknown name.
@@ -311,7 +351,7 @@ impl Control {
         match self.allowed_origin(head) {
             Some(allowed) => reply
                 .header("Access-Control-Allow-Origin", allowed)
-                .header("Access-Control-Expose-Headers", "Location")
+                .header("Access-Control-Expose-Headers", "Location, Content-Range, Accept-Ranges, ETag")
                 .header("Vary", "Origin"),
             None => reply,
         }
@@ -333,7 +373,7 @@ impl Control {
         if !route.allows(&head.method) {
             return Err(Reply::method_not_allowed(route.allow()));
         }
-        if route.needs_auth() {
+        if route.needs_auth(&head.method) {
             self.check_auth(head, route.is_hls_media())?;
         }
         Ok(route)
@@ -364,6 +404,14 @@ impl Control {
                 recording_reply(blocking(move || recorder.stop()).await)
             }
             Action::Status => Reply::json(200, &json!(path.recorder.status())),
+            Action::IceServers => {
+                let servers = path.viewers.ice_servers_for_browsers(std::time::SystemTime::now());
+                // Credentials inside: never cached.
+                Reply::json(200, &json!({"iceServers": servers})).header("Cache-Control", "no-store")
+            }
+            Action::RecordingList => self.recordings.list().await,
+            Action::RecordingsPage => Reply::new(200, "text/html; charset=utf-8", RECORDINGS_PAGE),
+            Action::Recording(id) => self.recordings.file(&request, &id).await,
             Action::Health => self.health_reply(),
             Action::HlsPlaylist => self.hls_playlist(&path, &request.head).await,
             Action::HlsInit(id) => hls_media_reply(&path, path.hls.init(id).map(Body::Full)),
@@ -418,6 +466,9 @@ impl Control {
             .collect();
         body["path"] = json!(legacy.name());
         body["paths"] = serde_json::Value::Object(paths);
+        if !self.config.turn.is_empty() {
+            body["turn"] = self.config.turn.report();
+        }
         Reply::json(status, &body)
     }
 
@@ -447,7 +498,7 @@ impl Control {
         }
         reply
             .header("Access-Control-Allow-Methods", route.allow())
-            .header("Access-Control-Allow-Headers", "Content-Type, Authorization")
+            .header("Access-Control-Allow-Headers", "Content-Type, Authorization, Range, If-None-Match, If-Range")
             .header("Access-Control-Max-Age", "600")
     }
 
@@ -736,6 +787,10 @@ mod tests {
         assert_eq!(route("/day/offer"), named("day", Action::Offer));
         assert_eq!(route("/day/whep/x1"), named("day", Action::WhepSession("x1".into())));
         assert_eq!(route("/day_2-b/status"), named("day_2-b", Action::Status));
+        assert_eq!(route("/recordings"), legacy(Action::RecordingList));
+        assert_eq!(route("/recordings/"), legacy(Action::RecordingsPage));
+        // Ids are checked against the recorder's names later, by recordings.
+        assert_eq!(route("/recordings/a/../b"), legacy(Action::Recording("a/../b".into())));
         assert_eq!(route("/index.m3u8"), legacy(Action::HlsPlaylist));
         assert_eq!(route("/day/index.m3u8"), named("day", Action::HlsPlaylist));
         assert_eq!(route("/day/init-1700000000000.mp4"), named("day", Action::HlsInit(1_700_000_000_000)));

@@ -147,11 +147,21 @@ pub struct WebrtcConfig {
     /// The path's source starts on demand: an offer waits up to
     /// [`ON_DEMAND_WAIT`] for the stream instead of answering 503 at once.
     pub on_demand: bool,
+    /// TURN servers (`-turn`, or the path's `turn:`): the server allocates
+    /// on the UDP ones; the viewer page gets all of them.
+    pub turn: Vec<crate::turn::TurnServer>,
 }
 
 impl WebrtcConfig {
     pub fn new(max_clients: usize) -> WebrtcConfig {
-        WebrtcConfig { max_clients, stun: Vec::new(), udp_port_range: None, ips: Vec::new(), on_demand: false }
+        WebrtcConfig {
+            max_clients,
+            stun: Vec::new(),
+            udp_port_range: None,
+            ips: Vec::new(),
+            on_demand: false,
+            turn: Vec::new(),
+        }
     }
 }
 
@@ -259,7 +269,6 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Handle,
     tasks: TaskSet,
     slots: Mutex<HashMap<String, Slot>>,
-    cache: crate::rtp::PacketCache,
     next_port: AtomicU16,
     keyframe_restarts: AtomicU64,
     connected: AtomicU64,
@@ -377,7 +386,6 @@ impl Viewers {
             runtime,
             tasks: TaskSet::new(),
             slots: Mutex::new(HashMap::new()),
-            cache: crate::rtp::PacketCache::new(),
             next_port: AtomicU16::new(0),
             keyframe_restarts: AtomicU64::new(0),
             connected: AtomicU64::new(0),
@@ -450,6 +458,15 @@ impl Viewers {
     }
 
     /// Viewers connected or negotiating now (each holds a slot).
+    /// What a page should give `new RTCPeerConnection({iceServers})` to
+    /// reach this path's viewers' peers: the `-stun` servers and every TURN
+    /// server (with fresh time-limited credentials where a secret is set).
+    pub fn ice_servers_for_browsers(&self, now: std::time::SystemTime) -> Vec<serde_json::Value> {
+        let config = &self.inner.config;
+        let stun = (!config.stun.is_empty()).then(|| serde_json::json!({"urls": config.stun}));
+        stun.into_iter().chain(config.turn.iter().map(|t| t.browser_json(now))).collect()
+    }
+
     pub fn count(&self) -> usize {
         self.inner.slots().len()
     }
@@ -457,8 +474,8 @@ impl Viewers {
     /// Counters (packetize-once, keyframe restarts).
     pub fn stats(&self) -> ViewerStats {
         ViewerStats {
-            packetized: self.inner.cache.packetized(),
-            cache_hits: self.inner.cache.hits(),
+            packetized: self.inner.stream.packets.packetized(),
+            cache_hits: self.inner.stream.packets.hits(),
             keyframe_restarts: self.inner.keyframe_restarts.load(Ordering::Relaxed),
             connected: self.inner.connected.load(Ordering::Relaxed),
         }

@@ -192,11 +192,15 @@ async fn build_peer_connection(
         // (peer-reflexive) just as fast, so mDNS names are ignored.
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .build();
-    let ice_servers = if inner.config.stun.is_empty() {
+    let mut ice_servers = if inner.config.stun.is_empty() {
         Vec::new()
     } else {
         vec![RTCIceServer { urls: inner.config.stun.clone(), ..Default::default() }]
     };
+    // TURN: relay candidates in the answer for viewers that cannot reach
+    // this board directly; fresh time-limited credentials per connection.
+    let now = std::time::SystemTime::now();
+    ice_servers.extend(inner.config.turn.iter().filter(|t| t.url.usable_by_server()).map(|t| t.ice_server(now)));
     let configuration = RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build();
     PeerConnectionBuilder::new()
         .with_configuration(configuration)
@@ -680,23 +684,11 @@ fn round_trip(last_sender_report: u32, delay: u32, arrival: u32) -> Option<f64> 
     (rtt < 60 << 16).then(|| f64::from(rtt) * 1000.0 / 65536.0)
 }
 
-/// The wall-clock NTP time (RFC 5905 64-bit, 32.32 fixed point) of a
-/// CLOCK_MONOTONIC instant: the realtime - monotonic offset is taken now, so
-/// a wall-clock step (NTP sync) applies from the next frame on.
-pub(crate) fn ntp_of_monotonic(capture: Duration) -> Option<u64> {
-    let monotonic = crate::clock::monotonic_now();
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
-    let captured_unix = unix.checked_sub(monotonic.checked_sub(capture)?)?;
-    let seconds = captured_unix.as_secs().checked_add(2_208_988_800)?;
-    let fraction = (u64::from(captured_unix.subsec_nanos()) << 32) / 1_000_000_000;
-    Some((seconds << 32) | fraction)
-}
-
 /// Sends one access unit: the shared packets with this viewer's header.
 async fn send(inner: &Inner, track: &TrackLocalStaticRTP, stamp: &mut Stamp, au: &AccessUnit) -> Result<(), String> {
-    let packets = inner.cache.get(au);
+    let packets = inner.stream.packets.get(au);
     let live = stamp.catchup == 0;
-    let capture_ntp = stamp.abs_capture_id.and_then(|_| ntp_of_monotonic(au.capture_time));
+    let capture_ntp = stamp.abs_capture_id.and_then(|_| crate::clock::ntp_of_monotonic(au.capture_time));
     // Driver events of up to WRITE_BATCH_PACKETS packets: one channel send
     // and one lock of the peer connection each instead of one per packet
     // (vendor/webrtc/PATCHES.md).
@@ -787,16 +779,5 @@ mod tests {
         // A catch-up frame (from the GOP cache) carries none.
         s.catchup = 1;
         assert!(s.packets(&au, Some(1)).all(|p| p.header.extensions.is_empty()));
-    }
-
-    #[test]
-    fn capture_time_maps_to_wall_clock_ntp() {
-        let ten_ms_ago = crate::clock::monotonic_now() - Duration::from_millis(10);
-        let ntp = ntp_of_monotonic(ten_ms_ago).unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        let now_ntp = ((now.as_secs() + 2_208_988_800) << 32) | ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000);
-        let age_ms = now_ntp.wrapping_sub(ntp) as f64 * 1000.0 / 4_294_967_296.0;
-        assert!((10.0..1000.0).contains(&age_ms), "{age_ms}");
-        assert_eq!(ntp_of_monotonic(crate::clock::monotonic_now() + Duration::from_secs(5)), None, "from the future");
     }
 }

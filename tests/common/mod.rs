@@ -35,7 +35,20 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut command = Command::new(bin());
+        Proc::spawn_in(None, args, envs)
+    }
+
+    /// [`Proc::spawn`] inside a network namespace (`ip netns exec NS`,
+    /// which execs the binary: the PID is still the server's).
+    pub fn spawn_in(netns: Option<&str>, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut command = match netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(bin());
+                command
+            }
+            None => Command::new(bin()),
+        };
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         command.env_remove("RUST_LOG");
         for (k, v) in envs {
@@ -130,7 +143,12 @@ impl Server {
     /// Starts the server with `args` (add `-http 127.0.0.1:0` etc.) and
     /// waits for each listener named in `listeners` to print its address.
     pub fn start(args: &[&str], listeners: &[&str]) -> Server {
-        let proc = Proc::spawn(args, &[]);
+        Server::start_in(None, args, listeners)
+    }
+
+    /// [`Server::start`] inside a network namespace.
+    pub fn start_in(netns: Option<&str>, args: &[&str], listeners: &[&str]) -> Server {
+        let proc = Proc::spawn_in(netns, args, &[]);
         let mut addrs = HashMap::new();
         for name in listeners {
             let needle = format!("listening: {name} on ");

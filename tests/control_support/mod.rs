@@ -140,6 +140,22 @@ pub fn have_tool(tool: &str) -> bool {
     ok
 }
 
+/// The browser tests' tools: tests/browser (with playwright-core
+/// installed) and Chromium (`STREAMING_TEST_CHROMIUM`, default
+/// /usr/bin/chromium). None, with a note, where they are missing (in CI
+/// that fails the test).
+pub fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium =
+        PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    if !chromium.exists() || !browser_dir.join("node_modules/playwright-core").exists() {
+        assert!(!in_ci(), "Chromium and playwright-core are installed in CI (scripts/test.sh)");
+        eprintln!("SKIPPING: no Chromium or playwright-core");
+        return None;
+    }
+    Some((browser_dir, chromium))
+}
+
 /// `ffmpeg -v error` decoding the whole file: no output means no errors.
 /// ffmpeg's demuxer for a raw elementary stream, by its extension.
 fn raw_format(path: &Path) -> &'static str {
@@ -209,9 +225,19 @@ pub fn assert_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
     count
 }
 
-/// The only file in `dir`.
+/// The files in `dir` but the recorder's hidden capture-time sidecars
+/// (`.NAME.times`, beside each recording).
+pub fn recording_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect()
+}
+
+/// The only recording in `dir`.
 pub fn only_file(dir: &Path) -> PathBuf {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir).expect("read dir").map(|e| e.unwrap().path()).collect();
+    let files = recording_files(dir);
     assert_eq!(files.len(), 1, "{files:?}");
     files[0].clone()
 }

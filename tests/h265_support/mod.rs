@@ -6,7 +6,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use rtc::rtp::codec::h265::{H265Packet, H265Payload};
+use rtc::rtp::packetizer::Depacketizer as _;
 use streaming_server::codec::RawFrame;
 
 pub fn crate_dir() -> &'static Path {
@@ -65,4 +67,40 @@ pub fn raw(data: Bytes, n: u64) -> RawFrame {
 pub fn hex(s: &str) -> Vec<u8> {
     let s = s.trim();
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+/// The NAL units of RTP payloads as the rtc crate's RFC 7798
+/// depacketizer reads them (it parses each payload into its structure;
+/// this glue only concatenates the NAL bytes it parsed): an independent
+/// check of ours.
+pub fn rtc_depacketize(payloads: &[Bytes]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut fragment: Option<BytesMut> = None;
+    for payload in payloads {
+        let mut packet = H265Packet::default();
+        packet.depacketize(payload).unwrap();
+        match packet.payload() {
+            H265Payload::H265SingleNALUnitPacket(single) => {
+                let mut v = BytesMut::from(&single.payload_header().0.to_be_bytes()[..]);
+                v.extend_from_slice(&single.payload());
+                out.push(v.freeze());
+            }
+            H265Payload::H265AggregationPacket(ap) => {
+                out.push(ap.first_unit().unwrap().nal_unit());
+                out.extend(ap.other_units().iter().map(|u| u.nal_unit()));
+            }
+            H265Payload::H265FragmentationUnitPacket(fu) => {
+                if fu.fu_header().s() {
+                    let header = (fu.payload_header().0 & 0x81ff) | (u16::from(fu.fu_header().fu_type()) << 9);
+                    fragment = Some(BytesMut::from(&header.to_be_bytes()[..]));
+                }
+                fragment.as_mut().unwrap().extend_from_slice(&fu.payload());
+                if fu.fu_header().e() {
+                    out.push(fragment.take().unwrap().freeze());
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
 }
