@@ -8,43 +8,13 @@
 //! program date time, the capture time).
 
 mod common;
+mod control_support;
 
-use std::path::PathBuf;
 use std::process::Command;
-
-fn chromium() -> PathBuf {
-    PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Chromium, node and playwright-core present? In CI their absence fails.
-fn tools_present(browser_dir: &std::path::Path) -> bool {
-    let missing: Vec<&str> = [
-        (chromium().exists(), "chromium"),
-        (Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()), "node"),
-        (browser_dir.join("node_modules/playwright-core").exists(), "playwright-core (npm install in tests/browser)"),
-    ]
-    .into_iter()
-    .filter(|(ok, _)| !ok)
-    .map(|(_, name)| name)
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(!in_ci(), "missing in CI: {missing:?} (scripts/test.sh installs them)");
-    eprintln!("SKIPPING the browser test: missing {missing:?}");
-    false
-}
 
 #[test]
 fn chromium_without_udp_falls_back_to_hls_and_plays() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if !tools_present(&browser_dir) {
-        return;
-    }
+    let Some((browser_dir, chromium)) = control_support::browser_tools() else { return };
     let shm = common::unique_shm("hls_browser");
     let _camera = common::fake_camera(&shm, &["-fps", "30"]);
     let records = tempfile::tempdir().unwrap();
@@ -57,7 +27,7 @@ fn chromium_without_udp_falls_back_to_hls_and_plays() {
     );
     let output = Command::new("node")
         .current_dir(&browser_dir)
-        .env("STREAMING_TEST_CHROMIUM", chromium())
+        .env("STREAMING_TEST_CHROMIUM", &chromium)
         .args(["hls.mjs", &server.url("http", "/cam/"), "8"])
         .output()
         .expect("run node");
