@@ -134,6 +134,10 @@ pub struct Args {
     /// bodies must arrive within it; idle connections close after it.
     #[arg(long = "http-timeout-ms", default_value_t = 10_000)]
     pub http_timeout_ms: u64,
+    /// A path's HLS muxer stops (and frees its memory, and an on-demand
+    /// source its camera) this long after the last HLS request (e.g. 30s, 2m).
+    #[arg(long = "hls-close-after", default_value = "30s")]
+    pub hls_close_after: String,
     /// Run a built-in fake camera playing a demo clip (no camera needed).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub demo: bool,
@@ -249,6 +253,10 @@ pub struct LoadClientArgs {
     /// Janus offers, each viewer answers.
     #[arg(long = "janus-mountpoint")]
     pub janus_mountpoint: Option<u64>,
+    /// LL-HLS clients to run beside the viewers (GET NAME/index.m3u8 with
+    /// blocking reloads, every part fetched); -viewers 0 for HLS only.
+    #[arg(long, default_value_t = 0)]
+    pub hls: usize,
 }
 
 impl FakeCameraArgs {

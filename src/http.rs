@@ -22,8 +22,11 @@
 //!   within [`Limits::write_timeout`]; a keep-alive connection idle for
 //!   [`Limits::idle_timeout`] is closed quietly;
 //! - lock others out: at [`Limits::max_connections`] the longest-idle
-//!   connection is closed to make room; only when every connection is busy
-//!   with a request is a new one refused (503, closed);
+//!   connection is closed to make room; a request the service holds open
+//!   waiting for news ([`Service::may_hold`]: an HLS blocking playlist
+//!   reload) counts as idle there and is answered 503 when closed; only
+//!   when every connection is busy with work is a new one refused (503,
+//!   closed);
 //! - smuggle a request: a body the service refuses (413, 401, 404, ...) is
 //!   never read and never parsed as a request: the answer carries
 //!   `Connection: close` and the connection ends; a malformed or duplicate
@@ -183,6 +186,9 @@ pub enum Body {
         length: u64,
         chunks: mpsc::Receiver<std::io::Result<Bytes>>,
     },
+    /// Buffers already in memory sent one after the other (an HLS segment
+    /// is its parts, shared with every other client: nothing is copied).
+    Chunks(Vec<Bytes>),
 }
 
 impl fmt::Debug for Body {
@@ -190,6 +196,7 @@ impl fmt::Debug for Body {
         match self {
             Body::Full(bytes) => write!(f, "Body::Full({} bytes)", bytes.len()),
             Body::Stream { length, .. } => write!(f, "Body::Stream({length} bytes)"),
+            Body::Chunks(chunks) => write!(f, "Body::Chunks({} bytes)", chunks.iter().map(Bytes::len).sum::<usize>()),
         }
     }
 }
@@ -235,7 +242,7 @@ impl Reply {
     pub fn body_bytes(&self) -> Option<&Bytes> {
         match &self.body {
             Body::Full(bytes) => Some(bytes),
-            Body::Stream { .. } => None,
+            Body::Stream { .. } | Body::Chunks(_) => None,
         }
     }
 
@@ -256,6 +263,15 @@ pub trait Service: Send + Sync + 'static {
     fn admit(&self, head: &Head) -> Result<usize, Reply>;
     /// Answers an admitted request.
     fn call(&self, request: Request) -> BoxFuture<'_, Reply>;
+    /// Whether the answer to this admitted request may wait for news
+    /// rather than for work (an HLS blocking playlist reload, a part that
+    /// is announced but not made yet). While it waits, its connection
+    /// counts as idle at the connection cap: the longest-waiting one is
+    /// answered 503 and closed to make room, like the longest-idle one, so
+    /// held requests never lock other clients out.
+    fn may_hold(&self, _head: &Head) -> bool {
+        false
+    }
 }
 
 /// Splits `/path?query` into its parts.
@@ -571,17 +587,41 @@ impl Conn<'_> {
             Err(None) => return None,
         };
         let (method, path) = (head.method.clone(), head.path.clone());
+        let hold = catch(|| service.may_hold(&head)).unwrap_or(false);
         let call = std::panic::AssertUnwindSafe(service.call(Request { head, body })).catch_unwind();
-        let reply = match call.await {
-            Ok(reply) => reply,
-            Err(_) => {
+        let answered = if hold { self.held(call).await } else { Some(call.await) };
+        let reply = match answered {
+            Some(Ok(reply)) => reply,
+            Some(Err(_)) => {
                 log::error!("{}: service panicked on {method} {path}", self.shared.name);
                 Reply::error(500, "internal error")
+            }
+            None => {
+                // Evicted or stopping while waiting: tell the client (it
+                // retries), briefly, then close.
+                let reply = Reply::error(503, "server busy; retry").header("Retry-After", "1");
+                let timeout = self.shared.limits.write_timeout.min(Duration::from_secs(1));
+                let _ = write_reply(&mut self.stream, reply, false, is_head, timeout).await;
+                return None;
             }
         };
         log::debug!("{}: {method} {path} -> {}", self.shared.name, reply.status);
         let keep = keep_alive && !*self.stopping.borrow();
         self.send(reply, keep, is_head).await.then_some(keep)
+    }
+
+    /// Awaits a held request's answer with the connection counted as idle
+    /// (see [`Service::may_hold`]); `None` if it was evicted to make room
+    /// or the listener is stopping.
+    async fn held<F: Future>(&mut self, call: F) -> Option<F::Output> {
+        self.shared.set_idle(self.id, true);
+        let answered = tokio::select! {
+            reply = call => Some(reply),
+            _ = self.evict.notified() => None,
+            _ = self.stopping.wait_for(|s| *s) => None,
+        };
+        self.shared.set_idle(self.id, false);
+        answered
     }
 
     /// Ends a connection whose request was refused mid-body: no more
@@ -837,6 +877,7 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply, keep_alive: bool, is_
     let length = match &reply.body {
         Body::Full(bytes) => bytes.len() as u64,
         Body::Stream { length, .. } => *length,
+        Body::Chunks(chunks) => chunks.iter().map(|c| c.len() as u64).sum(),
     };
     let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
     let mut push = |name: &str, value: &str| {
@@ -897,6 +938,13 @@ async fn write_reply(stream: &mut TcpStream, reply: Reply, keep_alive: bool, is_
             }
             if sent != length {
                 return false;
+            }
+        }
+        Body::Chunks(chunks) => {
+            for chunk in chunks.iter().flat_map(|c| c.chunks(64 * 1024)) {
+                if !write_all(stream, chunk, timeout).await {
+                    return false;
+                }
             }
         }
     }

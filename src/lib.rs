@@ -9,6 +9,7 @@
 //!                                                                          +-> rtsp_server clients
 //!                                                                          +-> recorder
 //!                                                                          +-> publish targets (SFU)
+//!                                                                          +-> hls muxer
 //! ```
 //!
 //! Module map:
@@ -40,6 +41,10 @@
 //! - [`turn`]: TURN servers, their credentials and a probe of each.
 //! - [`load_client`]: N non-decoding WebRTC viewers for benchmarks, from
 //!   this server or through Janus.
+//! - [`hls`]: LL-HLS per path (segmenter, fMP4 muxer on [`mp4`], window,
+//!   playlists, blocking reloads), the fallback for networks without UDP.
+//! - [`load_client`]: N non-decoding WebRTC viewers (and LL-HLS clients)
+//!   for benchmarks.
 //! - [`systemd`]: sd_notify readiness and a watchdog fed by the media threads.
 //! - [`metrics`], [`clock`], [`shutdown`], [`tasks`], [`ratelimit`], [`cli`],
 //!   [`backoff`], [`random`]: shared leaves that know nothing of video.
@@ -53,6 +58,7 @@ pub mod config;
 pub mod control;
 pub mod fake_camera;
 pub mod health;
+pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod load_client;

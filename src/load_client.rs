@@ -14,6 +14,8 @@
 //! at different points of the camera's GOP. The per-viewer accounting
 //! ([`ReceiverStats`]) is sans-IO: packets in, figures out.
 
+pub mod hls;
+
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -557,6 +559,9 @@ pub struct LoadReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_keyframes_matched: Option<u64>,
     pub per_viewer: Vec<ViewerReport>,
+    /// With `-hls N`: the LL-HLS clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hls: Option<hls::HlsReport>,
 }
 
 impl LoadReport {
@@ -581,6 +586,7 @@ impl LoadReport {
             clip_nal_units_mismatched: sum_some(per_viewer.iter().map(|v| v.clip_nal_units_mismatched)),
             clip_keyframes_matched: sum_some(per_viewer.iter().map(|v| v.clip_keyframes_matched)),
             per_viewer,
+            hls: None,
         }
     }
 }
@@ -610,6 +616,8 @@ pub struct LoadOptions {
     /// then Janus's HTTP API (`http://HOST:8088/janus`), Janus offers and
     /// each viewer answers.
     pub janus_mountpoint: Option<u64>,
+    /// LL-HLS clients ([`hls`]) to run beside the WebRTC viewers.
+    pub hls: usize,
 }
 
 mod peer {
@@ -1041,9 +1049,19 @@ mod peer {
 
 pub use peer::extmap_id;
 
-/// Runs the viewers and collects the report.
+/// Runs the viewers (and HLS clients) and collects the report.
 pub async fn run(options: LoadOptions) -> LoadReport {
     let started = Instant::now();
+    let hls = (options.hls > 0).then(|| {
+        let path = if options.path.is_empty() { String::new() } else { format!("/{}", options.path) };
+        let hls_options = hls::HlsClientOptions {
+            playlist_url: format!("{}{path}/index.m3u8", options.url.trim_end_matches('/')),
+            duration: options.duration,
+            token: options.token.clone(),
+        };
+        let (clients, stagger) = (options.hls, options.stagger);
+        tokio::task::spawn_blocking(move || hls::run(clients, stagger, &hls_options))
+    });
     let mut tasks = Vec::new();
     for viewer in 0..options.viewers {
         let viewer_options = options.clone();
@@ -1060,7 +1078,16 @@ pub async fn run(options: LoadOptions) -> LoadReport {
         per_viewer
             .push(task.await.unwrap_or_else(|e| ViewerReport { error: Some(e.to_string()), ..Default::default() }));
     }
-    LoadReport::from_viewers(per_viewer, started.elapsed().as_secs_f64())
+    let hls = match hls {
+        Some(task) => Some(task.await.unwrap_or_else(|e| hls::HlsReport {
+            per_client: vec![hls::HlsClientReport { error: Some(e.to_string()), ..Default::default() }],
+            ..Default::default()
+        })),
+        None => None,
+    };
+    let mut report = LoadReport::from_viewers(per_viewer, started.elapsed().as_secs_f64());
+    report.hls = hls;
+    report
 }
 
 #[cfg(test)]

@@ -118,6 +118,7 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
         token,
         path: args.path.clone(),
         codecs: args.codec.clone(),
+        hls: args.hls,
         verify: match &args.verify {
             Some(path) => {
                 let clip = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -133,6 +134,9 @@ fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     if report.connected < report.viewers {
         return Err(format!("{} of {} viewers received nothing", report.viewers - report.connected, report.viewers));
+    }
+    if let Some(hls) = report.hls.as_ref().filter(|h| h.receiving < h.clients) {
+        return Err(format!("{} of {} HLS clients received no part", hls.clients - hls.receiving, hls.clients));
     }
     if let Some(bad) = report.clip_nal_units_mismatched.filter(|&n| n > 0) {
         return Err(format!("{bad} NAL units differ from the clip"));
@@ -185,7 +189,11 @@ fn serve(args: &Args) -> Result<(), String> {
     let turn = TurnMonitor::new(
         webrtc_config.turn.iter().cloned().chain(loaded.paths.iter().flat_map(|c| c.turn.iter().flatten().cloned())),
     );
-    let paths = Arc::new(Paths::new(loaded.paths, &metrics, &webrtc_config, runtime.handle(), &shutdown)?);
+    let hls_config = streaming_server::hls::HlsConfig {
+        close_after: recorder::parse_duration(&args.hls_close_after)?.ok_or("-hls-close-after must be at least 1s")?,
+        ..Default::default()
+    };
+    let paths = Arc::new(Paths::new(loaded.paths, &metrics, &webrtc_config, hls_config, runtime.handle(), &shutdown)?);
     let listeners = start_listeners(args, &metrics, &paths, &health, &turn, &shutdown, runtime.handle())?;
     let rtsp = start_rtsp(args, &loaded.rtsp, &metrics, &paths, &shutdown, runtime.handle())?;
 
@@ -281,6 +289,13 @@ fn serve(args: &Args) -> Result<(), String> {
         let left = publishers_deadline.saturating_duration_since(std::time::Instant::now());
         if !path.publishers.wait_stopped(left + Duration::from_millis(200)) {
             log::warn!("{}: {} publish targets still stopping at shutdown", path.name(), path.publishers.live_tasks());
+        }
+    }
+    // HLS muxers stop on the shutdown signal by themselves (no I/O to finish).
+    let hls_deadline = std::time::Instant::now() + Duration::from_millis(300);
+    for path in paths.iter() {
+        if !path.hls.tasks().wait_empty(hls_deadline.saturating_duration_since(std::time::Instant::now())) {
+            log::warn!("{}: HLS muxer still stopping at shutdown", path.name());
         }
     }
     for (path, thread) in paths.iter().zip(closing) {

@@ -99,6 +99,18 @@ pub struct StreamMetrics {
     pub rtsp_clients_stuck: IntCounter,
     publish: Vec<(&'static str, IntCounterVec)>,
     publish_up: IntGaugeVec,
+    hls_requests: IntCounterVec,
+    hls_request_errors: IntCounterVec,
+    /// 1 while the path's HLS muxer runs (someone asked within the idle time).
+    pub hls_muxing: IntGauge,
+    /// HLS requests waiting now (blocking playlist reloads, hinted parts).
+    pub hls_held_requests: IntGauge,
+    /// Bytes the HLS window holds (parts and init segments).
+    pub hls_window_bytes: IntGauge,
+    pub hls_parts: IntCounter,
+    pub hls_segments: IntCounter,
+    /// Capture of a part's first frame to the part being available.
+    pub hls_capture_to_part_ms: Histogram,
 }
 
 /// One publish target's metrics: handles bound to `path` and `target`.
@@ -187,6 +199,18 @@ impl Metrics {
                     pt,
                 ),
                 counter("publish_keyframe_requests_total", "PLI/FIR keyframe requests from a publish target", pt),
+                counter(
+                    "hls_requests_total",
+                    "HLS requests by kind (playlist, blocking_playlist, part, segment, init)",
+                    &["path", "kind"],
+                ),
+                counter(
+                    "hls_request_errors_total",
+                    "HLS requests refused, by reason (too_far, timeout, not_found, bad_query, not_ready)",
+                    &["path", "reason"],
+                ),
+                counter("hls_parts_total", "LL-HLS parts made", p),
+                counter("hls_segments_total", "HLS segments completed", p),
             ],
             gauges: vec![
                 gauge("webrtc_buffer_usage_percent", "Fullest WebRTC viewer queue, percent"),
@@ -199,6 +223,9 @@ impl Metrics {
                 gauge("rtsp_clients", "RTSP clients playing now"),
                 gauge_with("codec_info", "1 for the codec the stream carries now (h264, h265)", &["path", "codec"]),
                 gauge_with("publish_up", "1 while a publish target's session is up", pt),
+                gauge("hls_muxing", "1 while the HLS muxer runs"),
+                gauge("hls_held_requests", "HLS requests waiting for a part or playlist now"),
+                gauge("hls_window_bytes", "Bytes the HLS window holds"),
             ],
             histograms: vec![
                 histogram(
@@ -215,6 +242,11 @@ impl Metrics {
                 ),
                 histogram("webrtc_rtt_ms", "Viewer round-trip time from RTCP, ms", latency_buckets()),
                 histogram("webrtc_jitter_ms", "Viewer interarrival jitter, ms", latency_buckets()),
+                histogram(
+                    "hls_capture_to_part_ms",
+                    "Capture (CLOCK_MONOTONIC) of an LL-HLS part's first frame to the part being available, ms",
+                    vec![50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0],
+                ),
             ],
         };
         let turn_up = IntGaugeVec::new(
@@ -296,6 +328,14 @@ impl Metrics {
                 .map(|(name, family)| (*name, family.clone()))
                 .collect(),
             publish_up: self.gauge("publish_up").clone(),
+            hls_requests: self.counter("hls_requests_total").clone(),
+            hls_request_errors: self.counter("hls_request_errors_total").clone(),
+            hls_muxing: g("hls_muxing"),
+            hls_held_requests: g("hls_held_requests"),
+            hls_window_bytes: g("hls_window_bytes"),
+            hls_parts: c("hls_parts_total"),
+            hls_segments: c("hls_segments_total"),
+            hls_capture_to_part_ms: h("hls_capture_to_part_ms"),
         };
         // Export zeros from the start, so dashboards and alerts see the series.
         for op in ["write", "fdatasync", "fsync", "fsync directory", "create"] {
@@ -365,6 +405,17 @@ impl StreamMetrics {
     /// The frames-lost counter of one kind of consumer (`recorder`, ...).
     pub fn consumer_dropped(&self, consumer: &str) -> IntCounter {
         self.consumer_frames_dropped.with_label_values(&[&self.path, consumer])
+    }
+
+    /// An HLS request of `kind` (`playlist`, `blocking_playlist`, `part`,
+    /// `segment`, `init`).
+    pub fn hls_request(&self, kind: &str) {
+        self.hls_requests.with_label_values(&[&self.path, kind]).inc();
+    }
+
+    /// An HLS request refused for `reason`.
+    pub fn hls_request_error(&self, reason: &str) {
+        self.hls_request_errors.with_label_values(&[&self.path, reason]).inc();
     }
 
     /// A recording ended by an I/O error in `op`.

@@ -1,7 +1,7 @@
 //! Paths: what routes, metrics and the dashboard talk about. A path is a
 //! name, its configuration, its [`Stream`], and the outputs that consume
-//! it: its WebRTC [`Viewers`], its [`Recorder`] and its [`Publishers`]. [`Paths`] holds them in
-//! configuration order and knows which one the legacy routes mean (`cam`,
+//! it: its WebRTC [`Viewers`], its [`Recorder`], its [`Publishers`] and its
+//! [`Hls`]. [`Paths`] holds them in configuration order and knows which one the legacy routes mean (`cam`,
 //! else the first).
 //!
 //! Built once at start-up from [`PathConfig`]s; each path's source is
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::config::{PathConfig, LEGACY_PATH};
 use crate::health::Health;
+use crate::hls::{Hls, HlsConfig};
 use crate::metrics::Metrics;
 use crate::publish::Publishers;
 use crate::recorder::{Recorder, RecorderConfig};
@@ -31,6 +32,7 @@ pub struct Path {
     pub viewers: Viewers,
     pub recorder: Recorder,
     pub publishers: Publishers,
+    pub hls: Hls,
 }
 
 impl Path {
@@ -59,6 +61,7 @@ impl Path {
             "rtsp_clients": self.stream.metrics.rtsp_clients.get(),
             "max_clients": self.config.max_clients,
             "recording": recording.recording,
+            "hls": self.hls.summary(),
             "frames_read": source.frames_read.load(Ordering::Relaxed),
             "last_frame_age_ms": source.last_frame_age().map(|a| a.as_millis() as u64),
         });
@@ -106,6 +109,7 @@ impl Paths {
         configs: Vec<PathConfig>,
         metrics: &Arc<Metrics>,
         webrtc: &WebrtcConfig,
+        hls: HlsConfig,
         runtime: &tokio::runtime::Handle,
         shutdown: &Shutdown,
     ) -> Result<Paths, String> {
@@ -130,7 +134,8 @@ impl Paths {
                 },
                 stream.clone(),
             );
-            list.push(Arc::new(Path { config, stream, viewers, recorder, publishers }));
+            let hls = Hls::new(stream.clone(), hls, runtime.clone(), shutdown.clone());
+            list.push(Arc::new(Path { config, stream, viewers, recorder, publishers, hls }));
         }
         if list.is_empty() {
             return Err("no paths to serve".into());

@@ -55,6 +55,7 @@ async fn unreachable_targets_show_their_errors_without_disturbing_viewers() {
             Arc::new(clip_nal_units(Codec::H264, &std::fs::read(common::demo_clip()).unwrap())),
         )),
         janus_mountpoint: None,
+        hls: 0,
     };
     let report = streaming_server::load_client::run(options).await;
     assert_eq!(report.connected, 2, "{:?}", report.per_viewer.iter().map(|v| &v.error).collect::<Vec<_>>());

@@ -46,6 +46,7 @@ fn watch_through_janus(janus: &Janus, id: u64, codec: Codec, viewers: usize, loc
         codecs: vec![codec],
         verify: Some((codec, Arc::new(clip_nal_units(codec, &std::fs::read(clip(codec)).unwrap())))),
         janus_mountpoint: Some(id),
+        hls: 0,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(streaming_server::load_client::run(options))

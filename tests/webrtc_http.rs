@@ -159,6 +159,7 @@ async fn the_load_client_gets_capture_times_and_sane_latencies() {
             Arc::new(clip_nal_units(Codec::H264, &std::fs::read(common::demo_clip()).unwrap())),
         )),
         janus_mountpoint: None,
+        hls: 0,
     };
     let report = streaming_server::load_client::run(options).await;
     assert_eq!(report.connected, 2, "{:?}", report.per_viewer.iter().map(|v| &v.error).collect::<Vec<_>>());

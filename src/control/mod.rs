@@ -34,7 +34,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::health::Health;
-use crate::http::{self, BoxFuture, Head, Listener, Method, Reply, Request, Service};
+use crate::hls;
+use crate::http::{self, Body, BoxFuture, Head, Listener, Method, Reply, Request, Service};
 use crate::metrics::Metrics;
 use crate::paths::{Path, Paths};
 use crate::recorder::RecorderError;
@@ -43,6 +44,15 @@ use recordings::{RecordingRoutes, RECORDINGS_PAGE};
 
 /// The dashboard served at `GET /`: every path live in a grid.
 pub static DASHBOARD_PAGE: &str = include_str!("../../assets/dashboard.html");
+/// hls.js (npm, the version in `assets/hls.js/package.json`; the light
+/// build: no alternate audio, subtitles or DRM, which a camera has none
+/// of), served at [`HLS_JS_ROUTE`] so the viewer page needs no internet.
+/// `scripts/check-vendored.sh` checks it equals the npm release's file.
+pub static HLS_JS: &[u8] = include_bytes!("../../assets/hls.js/hls.light.min.js");
+/// Where the viewer page loads hls.js from.
+pub const HLS_JS_ROUTE: &str = "/assets/hls.light.min.js";
+/// hls.js's licence (Apache-2.0), served beside it.
+pub static HLS_JS_LICENSE: &str = include_str!("../../assets/hls.js/LICENSE");
 
 /// Offers negotiated at once; more get 503 with `Retry-After`.
 pub const MAX_OFFERS_IN_FLIGHT: usize = 4;
@@ -112,6 +122,41 @@ enum Action {
     /// `/recordings/{id}`: a file (GET, HEAD) or its deletion; the id is
     /// checked by [`crate::recordings::Recordings::resolve`].
     Recording(String),
+    /// `index.m3u8`: the LL-HLS media playlist.
+    HlsPlaylist,
+    /// `init-ID.mp4`.
+    HlsInit(u64),
+    /// `seg-MSN.m4s`.
+    HlsSegment(u64),
+    /// `part-MSN-INDEX.m4s`.
+    HlsPart(u64, u32),
+    /// hls.js and its licence (not per path).
+    HlsJs,
+    HlsJsLicense,
+}
+
+/// A decimal number as the playlist writes them: digits, no leading zero.
+fn canonical_number(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty() && text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit());
+    if !canonical || (text.len() > 1 && text.starts_with('0')) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The HLS resource a playlist URI names (see `hls::playlist`).
+fn hls_media(name: &str) -> Option<Action> {
+    if name == "index.m3u8" {
+        return Some(Action::HlsPlaylist);
+    }
+    if let Some(id) = name.strip_prefix("init-").and_then(|n| n.strip_suffix(".mp4")) {
+        return Some(Action::HlsInit(canonical_number(id)?));
+    }
+    if let Some(msn) = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".m4s")) {
+        return Some(Action::HlsSegment(canonical_number(msn)?));
+    }
+    let (msn, index) = name.strip_prefix("part-")?.strip_suffix(".m4s")?.split_once('-')?;
+    Some(Action::HlsPart(canonical_number(msn)?, u32::try_from(canonical_number(index)?).ok()?))
 }
 
 /// A parsed route: what, and on which path.
@@ -153,6 +198,17 @@ impl Route {
         if let Some(id) = path.strip_prefix("/whep/") {
             return legacy(Action::WhepSession(session_id(id)?));
         }
+        if path == HLS_JS_ROUTE {
+            return legacy(Action::HlsJs);
+        }
+        if path == "/assets/hls.js.LICENSE.txt" {
+            return legacy(Action::HlsJsLicense);
+        }
+        // The legacy playlist's relative URIs: `/seg-12.m4s` and the like
+        // (a '.' is never in a path name).
+        if let Some(action) = path.strip_prefix('/').and_then(hls_media) {
+            return legacy(action);
+        }
         let rest = path.strip_prefix('/')?;
         let (name, tail) = rest.split_once('/').unwrap_or((rest, "\u{0}"));
         if !crate::config::valid_name(name) || crate::config::RESERVED_NAMES.contains(&name) {
@@ -167,7 +223,10 @@ impl Route {
             "stop" => Action::Stop,
             "status" => Action::Status,
             "ice-servers" => Action::IceServers,
-            other => Action::WhepSession(session_id(other.strip_prefix("whep/")?)?),
+            other => match other.strip_prefix("whep/") {
+                Some(id) => Action::WhepSession(session_id(id)?),
+                None => hls_media(other)?,
+            },
         };
         Some(Route { target: Target::Named(name.to_string()), action })
     }
@@ -182,7 +241,13 @@ impl Route {
             | Action::Status
             | Action::IceServers
             | Action::RecordingList
-            | Action::RecordingsPage => "GET, HEAD, OPTIONS",
+            | Action::RecordingsPage
+            | Action::HlsPlaylist
+            | Action::HlsInit(_)
+            | Action::HlsSegment(_)
+            | Action::HlsPart(..)
+            | Action::HlsJs
+            | Action::HlsJsLicense => "GET, HEAD, OPTIONS",
             Action::Offer | Action::Whep | Action::Start | Action::Stop => "POST, OPTIONS",
             Action::WhepSession(_) => "DELETE, OPTIONS",
             Action::Recording(_) => "GET, HEAD, DELETE, OPTIONS",
@@ -198,7 +263,9 @@ impl Route {
         }
     }
 
-    /// Requests that change state need the token when one is configured.
+    /// Requests that change state need the token when one is configured,
+    /// and so does HLS: it shows the camera as `/offer` does, so it must
+    /// not be a way around the token.
     fn needs_auth(&self, method: &Method) -> bool {
         match self.action {
             // ice-servers hands out TURN credentials: as guarded as the
@@ -210,8 +277,15 @@ impl Route {
             | Action::Stop
             | Action::IceServers => true,
             Action::Recording(_) => *method == Method::Delete,
-            _ => false,
+            _ => self.is_hls_media(),
         }
+    }
+
+    /// HLS playlists and media: the token may come in the query
+    /// (`?token=`), since Safari's native player cannot send a header and
+    /// a header would cost hls.js a CORS preflight per part.
+    fn is_hls_media(&self) -> bool {
+        matches!(self.action, Action::HlsPlaylist | Action::HlsInit(_) | Action::HlsSegment(_) | Action::HlsPart(..))
     }
 }
 
@@ -300,7 +374,7 @@ impl Control {
             return Err(Reply::method_not_allowed(route.allow()));
         }
         if route.needs_auth(&head.method) {
-            self.check_auth(head)?;
+            self.check_auth(head, route.is_hls_media())?;
         }
         Ok(route)
     }
@@ -339,6 +413,36 @@ impl Control {
             Action::RecordingsPage => Reply::new(200, "text/html; charset=utf-8", RECORDINGS_PAGE),
             Action::Recording(id) => self.recordings.file(&request, &id).await,
             Action::Health => self.health_reply(),
+            Action::HlsPlaylist => self.hls_playlist(&path, &request.head).await,
+            Action::HlsInit(id) => hls_media_reply(&path, path.hls.init(id).map(Body::Full)),
+            Action::HlsSegment(msn) => hls_media_reply(&path, path.hls.segment(msn).map(Body::Chunks)),
+            Action::HlsPart(msn, index) => hls_media_reply(&path, path.hls.part(msn, index).await.map(Body::Full)),
+            Action::HlsJs => Reply::new(200, "text/javascript; charset=utf-8", HLS_JS)
+                .header("Cache-Control", "public, max-age=86400"),
+            Action::HlsJsLicense => Reply::new(200, "text/plain; charset=utf-8", HLS_JS_LICENSE),
+        }
+    }
+
+    /// The playlist, after any blocking reload is satisfied. A token the
+    /// client sent in the query goes into every URI of the playlist, so a
+    /// player that cannot send headers fetches the media too.
+    async fn hls_playlist(&self, path: &Path, head: &Head) -> Reply {
+        let query = match hls::PlaylistQuery::parse(&head.query) {
+            Ok(query) => query,
+            Err(error) => {
+                path.stream.metrics.hls_request_error(error.label());
+                return hls_error(&error);
+            }
+        };
+        let uri_query = match (&self.config.auth_token, query_token(head)) {
+            (Some(_), Some(token)) => {
+                format!("?token={}", percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC))
+            }
+            _ => String::new(),
+        };
+        match path.hls.playlist(&query, &uri_query).await {
+            Ok(text) => Reply::new(200, "application/vnd.apple.mpegurl", text).header("Cache-Control", "no-cache"),
+            Err(error) => hls_error(&error),
         }
     }
 
@@ -368,12 +472,15 @@ impl Control {
         Reply::json(status, &body)
     }
 
-    fn check_auth(&self, head: &Head) -> Result<(), Reply> {
+    /// The bearer token, from `Authorization: Bearer` or, where
+    /// `query_allowed` (HLS), from `?token=`.
+    fn check_auth(&self, head: &Head, query_allowed: bool) -> Result<(), Reply> {
         let Some(token) = &self.config.auth_token else {
             return Ok(());
         };
         let given = head.header("Authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-        if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        let matches = |given: &str| constant_time_eq(given.trim().as_bytes(), token.as_bytes());
+        if matches(given) || (query_allowed && query_token(head).is_some_and(|t| matches(&t))) {
             Ok(())
         } else {
             Err(Reply::error(401, "missing or wrong bearer token").header("WWW-Authenticate", "Bearer"))
@@ -523,6 +630,12 @@ impl Control {
 }
 
 impl Service for Control {
+    /// Playlists and parts may wait for the stream (blocking reloads,
+    /// the hinted next part): they must not lock others out.
+    fn may_hold(&self, head: &Head) -> bool {
+        Route::parse(&head.path).is_some_and(|r| matches!(r.action, Action::HlsPlaylist | Action::HlsPart(..)))
+    }
+
     fn admit(&self, head: &Head) -> Result<usize, Reply> {
         match self.check(head) {
             Ok(_) => Ok(if head.method == Method::Post { BODY_LIMIT } else { 0 }),
@@ -539,6 +652,40 @@ impl Service for Control {
             };
             self.with_cors(&head, reply)
         })
+    }
+}
+
+/// `?token=` percent-decoded, if given.
+fn query_token(head: &Head) -> Option<String> {
+    let raw = head.query_param("token")?;
+    Some(percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned())
+}
+
+/// Init segments, parts and segments: named once and never changed, so
+/// immutable (URIs are never reused, not even by a restarted server).
+fn hls_media_reply(path: &Path, body: Result<Body, hls::HlsError>) -> Reply {
+    match body {
+        Ok(body) => Reply {
+            status: 200,
+            content_type: "video/mp4".into(),
+            headers: vec![("Cache-Control".into(), "max-age=31536000, immutable".into())],
+            body,
+        },
+        Err(error) => {
+            log::debug!("{}: HLS: {error}", path.name());
+            hls_error(&error)
+        }
+    }
+}
+
+fn hls_error(error: &hls::HlsError) -> Reply {
+    use hls::HlsError;
+    match error {
+        HlsError::BadQuery(_) | HlsError::TooFarAhead => Reply::error(400, error),
+        HlsError::NotFound => Reply::error(404, error),
+        HlsError::NotReady | HlsError::Timeout | HlsError::ShuttingDown => {
+            Reply::error(503, error).header("Retry-After", "1")
+        }
     }
 }
 
@@ -644,7 +791,24 @@ mod tests {
         assert_eq!(route("/recordings/"), legacy(Action::RecordingsPage));
         // Ids are checked against the recorder's names later, by recordings.
         assert_eq!(route("/recordings/a/../b"), legacy(Action::Recording("a/../b".into())));
+        assert_eq!(route("/index.m3u8"), legacy(Action::HlsPlaylist));
+        assert_eq!(route("/day/index.m3u8"), named("day", Action::HlsPlaylist));
+        assert_eq!(route("/day/init-1700000000000.mp4"), named("day", Action::HlsInit(1_700_000_000_000)));
+        assert_eq!(route("/seg-0.m4s"), legacy(Action::HlsSegment(0)));
+        assert_eq!(route("/day/part-12-3.m4s"), named("day", Action::HlsPart(12, 3)));
+        assert_eq!(route("/assets/hls.light.min.js"), legacy(Action::HlsJs));
         for odd in [
+            "/day/seg-012.m4s",
+            "/day/seg-+1.m4s",
+            "/day/seg-1.mp4",
+            "/day/part-1.m4s",
+            "/day/part-1-4294967296.m4s",
+            "/day/part-1--2.m4s",
+            "/day/init-.mp4",
+            "/day/seg-99999999999999999999.m4s",
+            "/day/index.m3u",
+            "/index.m3u8/",
+            "/assets/hls.js",
             "/status/",
             "//status",
             "/../status",

@@ -6,8 +6,17 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
-export async function launchChromium(profilePrefix) {
+// `preferences`: Chromium user preferences written into the fresh profile
+// before it starts (e.g. `{ webrtc: { ip_handling_policy:
+// "disable_non_proxied_udp" } }`: no UDP for WebRTC, as on a network that
+// lets only HTTP through; the command-line switch for it is ignored by
+// headless Chromium, the preference is not).
+export async function launchChromium(profilePrefix, { preferences = null } = {}) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), profilePrefix));
+  if (preferences) {
+    fs.mkdirSync(path.join(userDataDir, "Default"));
+    fs.writeFileSync(path.join(userDataDir, "Default", "Preferences"), JSON.stringify(preferences));
+  }
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.STREAMING_TEST_CHROMIUM || "/usr/bin/chromium",
     headless: true,

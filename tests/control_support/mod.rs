@@ -311,7 +311,7 @@ pub fn assert_idr_after_every_gap(recording: &[u8], clip: &[u8]) -> (u64, u64) {
 /// looped `clip`, starting at one of its IDRs. Returns the number of
 /// access units.
 pub fn assert_nal_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
-    nal_run_of_clip(streaming_server::codec::Codec::H264, recording, clip, true)
+    nal_run_of_clip(streaming_server::codec::Codec::H264, recording, clip, true, &|_| true)
 }
 
 /// [`assert_nal_run_of_clip`] for a clip of `codec` that may carry its
@@ -321,12 +321,28 @@ pub fn assert_nal_run_of_clip(recording: &[u8], clip: &[u8]) -> u64 {
 /// the clip's, the first access unit must have them, and every other NAL
 /// unit must be the clip's, in order.
 pub fn assert_nal_run_of_clip_in(codec: streaming_server::codec::Codec, recording: &[u8], clip: &[u8]) -> u64 {
-    nal_run_of_clip(codec, recording, clip, false)
+    nal_run_of_clip(codec, recording, clip, false, &|_| true)
 }
 
-fn nal_run_of_clip(codec: streaming_server::codec::Codec, recording: &[u8], clip: &[u8], exact: bool) -> u64 {
+/// [`assert_nal_run_of_clip_in`] for a stream that went through MP4
+/// (HLS, `?format=mp4`): MP4 samples leave out access unit delimiters and
+/// filler data (`mp4::sample::keep_in_sample`), so those are left out of
+/// the clip too before comparing.
+pub fn assert_nal_run_of_clip_through_mp4(codec: streaming_server::codec::Codec, stream: &[u8], clip: &[u8]) -> u64 {
+    nal_run_of_clip(codec, stream, clip, false, &|nal| streaming_server::mp4::sample::keep_in_sample(codec, nal))
+}
+
+fn nal_run_of_clip(
+    codec: streaming_server::codec::Codec,
+    recording: &[u8],
+    clip: &[u8],
+    exact: bool,
+    keep: &dyn Fn(&[u8]) -> bool,
+) -> u64 {
     use streaming_server::codec::annexb::split_annexb;
-    let nals = |au: &[u8]| -> Vec<Vec<u8>> { split_annexb(au).into_iter().map(|r| au[r].to_vec()).collect() };
+    let nals = |au: &[u8]| -> Vec<Vec<u8>> {
+        split_annexb(au).into_iter().map(|r| au[r].to_vec()).filter(|nal| keep(nal)).collect()
+    };
     let units: Vec<Vec<Vec<u8>>> = codec.split_access_units(clip).into_iter().map(|r| nals(&clip[r])).collect();
     let got: Vec<Vec<Vec<u8>>> = codec.split_access_units(recording).into_iter().map(|r| nals(&recording[r])).collect();
     assert!(!units.is_empty() && !got.is_empty());
