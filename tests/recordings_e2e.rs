@@ -19,6 +19,8 @@ use streaming_server::codec::Codec;
 
 struct Rig {
     server: Server,
+    /// Headers for reading: the bearer token when the server has one.
+    auth: Vec<(&'static str, &'static str)>,
     _cameras: Vec<Proc>,
     /// `-record-path`: `cam` records here, `garage` into `garage/`.
     records: PathBuf,
@@ -53,7 +55,7 @@ fn rig(extra: &[&str]) -> Rig {
         })
         .unwrap_or_else(|| panic!("{name} never ready:\n{}", server.proc.log()));
     }
-    Rig { server, _cameras: cameras, records, _dir: dir }
+    Rig { server, auth: Vec::new(), _cameras: cameras, records, _dir: dir }
 }
 
 impl Rig {
@@ -83,7 +85,7 @@ impl Rig {
     }
 
     fn list(&self) -> Vec<Value> {
-        let answer = get(&self.url("/recordings"));
+        let answer = call("GET", &self.url("/recordings"), &self.auth, None);
         assert_eq!(answer.status, 200, "{}", answer.text());
         answer.json()["recordings"].as_array().unwrap().clone()
     }
@@ -336,8 +338,9 @@ fn delete_needs_the_token_and_never_takes_the_file_being_written() {
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, "s3cret\n").unwrap();
-    let rig = rig(&["-auth-token-file", token_file.to_str().unwrap()]);
+    let mut rig = rig(&["-auth-token-file", token_file.to_str().unwrap()]);
     let auth = [("Authorization", "Bearer s3cret")];
+    rig.auth = auth.to_vec();
     let start = |path: &str| {
         let answer = call("POST", &rig.url(&format!("/{path}/start")), &auth, Some(b""));
         assert_eq!(answer.status, 200, "{}", answer.text());
@@ -352,24 +355,31 @@ fn delete_needs_the_token_and_never_takes_the_file_being_written() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let url = |name: &str| rig.url(&format!("/recordings/cam/{name}"));
-    // Reading needs no token; the file being written is listed as such.
-    assert_eq!(get(&url(&done)).status, 200);
+    // Reading needs the token too: as a header, or in the query (what a
+    // <video> element or a download link can send); the page itself is open.
+    get(&url(&done)).assert_json_error(401);
+    get(&rig.url("/recordings")).assert_json_error(401);
+    get(&format!("{}?token=nope", url(&done))).assert_json_error(401);
+    assert_eq!(get_with(&url(&done), &auth).status, 200);
+    assert_eq!(get(&format!("{}?token=s3cret", url(&done))).status, 200);
+    assert_eq!(get(&rig.url("/recordings/")).status, 200, "the page");
+    // The file being written is listed as such.
     let entry = rig.entry(&format!("cam/{writing}"));
     assert_eq!(entry["writing"], true, "{entry}");
     assert_eq!(rig.entry(&format!("cam/{done}"))["writing"], false);
 
     // Its MP4, pinned to the size listed, is a snapshot that plays.
     let size = entry["size"].as_u64().unwrap();
-    let snapshot = get(&format!("{}?format=mp4&size={size}", url(&writing)));
+    let snapshot = get_with(&format!("{}?format=mp4&size={size}", url(&writing)), &auth);
     assert_eq!(snapshot.status, 200, "{}", snapshot.text());
-    let again = get_with(&format!("{}?format=mp4&size={size}", url(&writing)), &[("Range", "bytes=100-")]);
+    let again = get_with(&format!("{}?format=mp4&size={size}&token=s3cret", url(&writing)), &[("Range", "bytes=100-")]);
     assert_eq!(again.status, 206);
     assert!(again.body == snapshot.body[100..], "the pinned snapshot changed while the file grew");
     let out = token_dir.path().join("snapshot.mp4");
     std::fs::write(&out, &snapshot.body).unwrap();
     assert!(mp4_support::decode_errors(&out).is_empty());
     assert!(mp4_support::probe(&out)["nb_read_frames"].parse::<u64>().unwrap() >= 30);
-    get(&format!("{}?format=mp4&size={}", url(&writing), size + (1 << 30))).assert_json_error(400);
+    get_with(&format!("{}?format=mp4&size={}", url(&writing), size + (1 << 30)), &auth).assert_json_error(400);
 
     // Without or with a wrong token: 401, nothing deleted.
     call("DELETE", &url(&done), &[], None).assert_json_error(401);
@@ -384,7 +394,7 @@ fn delete_needs_the_token_and_never_takes_the_file_being_written() {
     assert_eq!(deleted.json()["deleted"], format!("cam/{done}"));
     assert!(!rig.file("cam", &done).exists());
     assert!(!rig.records.join(format!(".{done}.times")).exists(), "the sidecar stayed");
-    get(&url(&done)).assert_json_error(404);
+    get_with(&url(&done), &auth).assert_json_error(404);
     call("DELETE", &url(&done), &auth, None).assert_json_error(404);
     assert!(rig.list().iter().all(|e| e["file"] != format!("cam/{done}")));
 

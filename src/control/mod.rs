@@ -266,7 +266,7 @@ impl Route {
     /// Requests that change state need the token when one is configured,
     /// and so does HLS: it shows the camera as `/offer` does, so it must
     /// not be a way around the token.
-    fn needs_auth(&self, method: &Method) -> bool {
+    fn needs_auth(&self) -> bool {
         match self.action {
             // ice-servers hands out TURN credentials: as guarded as the
             // offer that would use them.
@@ -276,7 +276,9 @@ impl Route {
             | Action::Start
             | Action::Stop
             | Action::IceServers => true,
-            Action::Recording(_) => *method == Method::Delete,
+            // Recordings are video like the live stream: reading them needs
+            // the token as much as watching does (the page is open).
+            Action::RecordingList | Action::Recording(_) => true,
             _ => self.is_hls_media(),
         }
     }
@@ -286,6 +288,12 @@ impl Route {
     /// a header would cost hls.js a CORS preflight per part.
     fn is_hls_media(&self) -> bool {
         matches!(self.action, Action::HlsPlaylist | Action::HlsInit(_) | Action::HlsSegment(_) | Action::HlsPart(..))
+    }
+
+    /// Where the token may come as `?token=` rather than a header: media a
+    /// `<video>` element or a download link fetches (they cannot send one).
+    fn takes_query_token(&self, method: &Method) -> bool {
+        self.is_hls_media() || (matches!(self.action, Action::Recording(_)) && *method != Method::Delete)
     }
 }
 
@@ -373,8 +381,8 @@ impl Control {
         if !route.allows(&head.method) {
             return Err(Reply::method_not_allowed(route.allow()));
         }
-        if route.needs_auth(&head.method) {
-            self.check_auth(head, route.is_hls_media())?;
+        if route.needs_auth() {
+            self.check_auth(head, route.takes_query_token(&head.method))?;
         }
         Ok(route)
     }

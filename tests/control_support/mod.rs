@@ -127,12 +127,16 @@ pub fn in_ci() -> bool {
 /// Whether `tool` runs; in CI its absence fails the test, elsewhere the
 /// caller skips with a loud message.
 pub fn have_tool(tool: &str) -> bool {
-    let ok = std::process::Command::new(tool)
-        .arg("-version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    // ffmpeg and ffprobe take -version, GStreamer's tools --version.
+    let runs = |flag: &str| {
+        std::process::Command::new(tool)
+            .arg(flag)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ok = runs("-version") || runs("--version");
     if !ok {
         assert!(!in_ci(), "{tool} is missing in CI (scripts/test.sh installs it)");
         eprintln!("SKIPPING: {tool} is not installed");
