@@ -120,7 +120,7 @@ measure() { # seconds -> "cpu% media_a% media_b%"
     sleep "$1"
     t1=$(cpu_ticks) a1=$(thread_ticks media-ring_a) b1=$(thread_ticks media-ring_b)
     awk -v t=$((t1 - t0)) -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v hz="$hz" -v s="$1" \
-        'BEGIN {printf "%.2f %.2f %.2f", t / hz / s * 100, a / hz / s * 100, b / hz / s * 100}'
+        'BEGIN {printf "%.2f %.2f %.2f\n", t / hz / s * 100, a / hz / s * 100, b / hz / s * 100}'
 }
 
 echo "machine: $(nproc) cores, $(uname -m), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
@@ -157,4 +157,5 @@ done
 curl -fs "$url/paths" | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["paths"]:
-    print(f"  /paths {p[\"name\"]:<8} {p[\"state\"]:<15} frames_read {p[\"frames_read\"]}")'
+    name, state, frames = p["name"], p["state"], p["frames_read"]
+    print(f"  /paths {name:<8} {state:<15} frames_read {frames}")'
