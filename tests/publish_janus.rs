@@ -7,18 +7,28 @@
 //! streaming plugin relays it) from an on-demand camera that its publish
 //! target keeps running. The board serves none of these viewers itself.
 //!
-//! Janus's ICE (libnice) never offers loopback candidates, so the viewers
-//! bind the address Janus announces for this machine; everything stays on
-//! this machine, and Janus's API and the RTP feeds are on 127.0.0.1.
+//! Janus's ICE (libnice) never offers loopback candidates, so the test
+//! creates a network namespace with `lo` and one interface of its own,
+//! [`MEDIA_IP`], and runs everything there: the server, Janus (ICE on
+//! [`MEDIA_IP`] only), the viewers (bound to it) and the test's own HTTP
+//! requests, from a thread that entered the namespace. Janus's API and the
+//! RTP feeds are on the namespace's 127.0.0.1; the host's interfaces are
+//! neither used nor touched, and the namespace with anything left running
+//! in it is deleted when the test ends, passed or not.
+//!
+//! Needs root (network namespaces), iproute2 and `janus`; skipped with a
+//! note elsewhere, required in CI.
 
 mod common;
 mod control_support;
 mod publish_support;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Netns;
 use control_support::{get, parse_metrics, wait_until};
 use publish_support::{free_udp_port, have_janus, Janus};
 use serde_json::Value;
@@ -27,20 +37,25 @@ use streaming_server::load_client::{clip_nal_units, LoadOptions, LoadReport};
 
 const SRTP_KEY: &str = "WbTBosdVUZqEb6Htqhn+m3z7wUh4RJVR8nE15GbN";
 
+/// The address of the namespace's one interface (`janus0`, a /24 of its
+/// own): Janus's ICE candidates and the viewers' sockets.
+const MEDIA_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 87, 0, 1));
+
 fn clip(codec: Codec) -> std::path::PathBuf {
     let name = if codec == Codec::H265 { "assets/demo.h265" } else { "assets/demo.h264" };
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
-/// `viewers` load-client viewers of Janus mountpoint `id` for `seconds`,
-/// each checking every NAL unit against the clip of `codec`.
-fn watch_through_janus(janus: &Janus, id: u64, codec: Codec, viewers: usize, local_ip: IpAddr) -> LoadReport {
+/// `viewers` load-client viewers of Janus mountpoint `id` for 5 s, bound to
+/// Janus's media address, each checking every NAL unit against the clip of
+/// `codec`. Its runtime's threads are in the caller's network namespace.
+fn watch_through_janus(janus: &Janus, id: u64, codec: Codec, viewers: usize) -> LoadReport {
     let options = LoadOptions {
         url: janus.api.clone(),
         viewers,
         duration: Duration::from_secs(5),
         stagger: Duration::from_millis(150),
-        local_ip,
+        local_ip: janus.media_ip,
         token: None,
         path: String::new(),
         codecs: vec![codec],
@@ -70,10 +85,19 @@ fn target<'a>(targets: &'a [Value], kind: &str) -> &'a Value {
 
 #[test]
 fn janus_serves_viewers_the_board_never_sees_over_rtp_srtp_and_h265() {
-    if !have_janus() {
+    if !have_janus() || !common::can_create_netns("the Janus publish test") {
         return;
     }
+    let netns = Netns::create("ssj").expect("a network namespace");
+    netns.add_interface("janus0", &format!("{MEDIA_IP}/24")).expect("janus0 in the namespace");
     let dir = tempfile::tempdir().unwrap();
+    // Ports, processes, HTTP requests and the load client's runtime: all
+    // from the namespace's thread.
+    netns.enter(|| publish_and_watch_through_janus(&netns, dir.path()));
+}
+
+/// The test proper, run inside `netns`.
+fn publish_and_watch_through_janus(netns: &Netns, dir: &Path) {
     let (rtp, rtp_rtcp, srtp, srtp_rtcp, hevc) =
         (free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port());
     let mountpoints = format!(
@@ -87,9 +111,9 @@ fn janus_serves_viewers_the_board_never_sees_over_rtp_srtp_and_h265() {
          hevc: {{\n  type = \"rtp\"\n  id = 3\n  audio = false\n  video = true\n  videoport = {hevc}\n  \
          videopt = 96\n  videocodec = \"h265\"\n}}\n"
     );
-    let janus = Janus::start(dir.path(), &mountpoints);
+    let janus = Janus::start(netns, MEDIA_IP, dir, &mountpoints);
 
-    let config = dir.path().join("streams.yml");
+    let config = dir.join("streams.yml");
     std::fs::write(
         &config,
         format!(
@@ -123,11 +147,11 @@ fn janus_serves_viewers_the_board_never_sees_over_rtp_srtp_and_h265() {
     })
     .unwrap_or_else(|| panic!("targets not publishing: {:?}", paths()));
 
-    let h264 = watch_through_janus(&janus, 1, Codec::H264, 3, janus.media_ip);
+    let h264 = watch_through_janus(&janus, 1, Codec::H264, 3);
     assert_every_viewer_byte_exact(&h264, "RTP mountpoint");
-    let secure = watch_through_janus(&janus, 2, Codec::H264, 2, janus.media_ip);
+    let secure = watch_through_janus(&janus, 2, Codec::H264, 2);
     assert_every_viewer_byte_exact(&secure, "SRTP mountpoint");
-    let hevc_report = watch_through_janus(&janus, 3, Codec::H265, 2, janus.media_ip);
+    let hevc_report = watch_through_janus(&janus, 3, Codec::H265, 2);
     assert_every_viewer_byte_exact(&hevc_report, "H.265 mountpoint");
 
     let paths = paths();

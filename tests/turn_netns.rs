@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::in_ci;
 use control_support::wait_until;
 
 const BOARD: &str = "10.77.0.1";
@@ -34,10 +35,6 @@ const TURN: &str = "10.99.0.1";
 const TURN_VIEWER_SIDE: &str = "10.78.0.2";
 const VIEWER: &str = "10.78.0.1";
 const SECRET: &str = "n0t-a-real-secret";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 fn crate_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

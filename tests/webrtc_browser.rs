@@ -11,16 +11,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::in_ci;
+
 /// One Chromium at a time: two at once on a small CI machine measure the
 /// machine, not the server.
 static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn chromium() -> PathBuf {
     PathBuf::from(std::env::var("STREAMING_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// Chromium, node and playwright-core present? In CI their absence fails.

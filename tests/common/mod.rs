@@ -1,5 +1,6 @@
 //! Helpers for integration tests: real processes over real shared memory
-//! and real sockets on 127.0.0.1, cleaned up when dropped.
+//! and real sockets on 127.0.0.1 (or in a network namespace the test
+//! creates, [`Netns`]), cleaned up when dropped.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -174,5 +175,110 @@ impl Server {
     /// `http://ADDR` of a listener.
     pub fn url(&self, listener: &str, path: &str) -> String {
         format!("http://{}{}", self.addrs[listener], path)
+    }
+}
+
+/// True when running in CI, where a test may not skip for a missing tool.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// True if this test may create network namespaces (root, iproute2's
+/// `ip`). Otherwise says loudly that `test` is skipped, or fails in CI,
+/// which runs as root with iproute2.
+pub fn can_create_netns(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && ip(&["-V"]).is_ok() {
+        return true;
+    }
+    assert!(!in_ci(), "{test}: CI runs as root with iproute2 (network namespaces)");
+    eprintln!("SKIPPING {test}: it needs root and iproute2's ip to create a network namespace");
+    false
+}
+
+/// A network namespace this test created (`ip netns add`), with `lo` up and
+/// nothing else until [`Netns::add_interface`]. Dropping it SIGKILLs every
+/// process still in it (one a panic left behind) and deletes it, so a
+/// failing test leaves neither behind. The host's interfaces are never
+/// touched.
+pub struct Netns {
+    /// `ip netns` name; `/run/netns/NAME`.
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace named `prefix`, this process's id and a counter, so
+    /// tests running at once (in this binary or another) never share one.
+    pub fn create(prefix: &str) -> Result<Netns, String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name])?;
+        // From here on, drop deletes it.
+        let netns = Netns { name };
+        ip(&["-n", &netns.name, "link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// Adds `interface` with address `cidr` (e.g. `10.87.0.1/24`), up: one
+    /// end of a veth pair whose other end (`{interface}p`, no address) is
+    /// in the namespace too. A veth pair, not a `dummy` interface: not every
+    /// kernel has the dummy module (containers often cannot load it), and
+    /// the TURN test already needs veth.
+    pub fn add_interface(&self, interface: &str, cidr: &str) -> Result<(), String> {
+        let peer = format!("{interface}p");
+        let n = self.name.as_str();
+        ip(&["-n", n, "link", "add", interface, "type", "veth", "peer", "name", &peer])?;
+        ip(&["-n", n, "addr", "add", cidr, "dev", interface])?;
+        ip(&["-n", n, "link", "set", &peer, "up"])?;
+        ip(&["-n", n, "link", "set", interface, "up"])?;
+        Ok(())
+    }
+
+    /// Runs `f` on a thread of its own that entered the namespace: the
+    /// sockets `f` opens, the threads it starts (a tokio runtime built
+    /// there) and the processes it spawns are all in the namespace. A
+    /// panic in `f` is raised again here.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new()
+                .name(format!("netns {}", self.name))
+                .spawn_scoped(scope, || {
+                    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                    f()
+                })
+                .expect("spawn a thread");
+            thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Only processes a test started can be in its namespace; this test
+        // process itself is not (only the thread `enter` made was, and it
+        // has ended).
+        if let Ok(pids) = ip(&["netns", "pids", &self.name]) {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                if pid != std::process::id() as i32 {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("could not delete network namespace {}: {e}", self.name);
+        }
     }
 }

@@ -119,10 +119,7 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
-/// True when running in CI, where a missing tool must fail the test.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+pub use crate::common::in_ci;
 
 /// Whether `tool` runs; in CI its absence fails the test, elsewhere the
 /// caller skips with a loud message.

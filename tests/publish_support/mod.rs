@@ -1,12 +1,13 @@
 //! Real receivers for the publish tests: an aiortc WHIP endpoint
 //! (tests/whip_endpoint.py in the venv scripts/test.sh makes) and Debian's
-//! Janus with its streaming plugin, each started by the test on ephemeral
-//! ports and stopped when dropped; and the clip check of what they got.
+//! Janus with its streaming plugin (in a network namespace the test made),
+//! each started by the test on ephemeral ports and stopped when dropped;
+//! and the clip check of what they got.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,10 +18,7 @@ use serde_json::Value;
 use streaming_server::codec::Codec;
 use streaming_server::load_client::{clip_nal_units, ClipCheck};
 
-/// True when running in CI, where a missing tool must fail the test.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+use crate::common::{in_ci, Netns};
 
 /// A child whose output lines (stdout and stderr) are collected; stopped
 /// on drop (SIGTERM, then SIGKILL).
@@ -231,14 +229,18 @@ pub fn check_against_clip(codec: Codec, clip: &Path, packets: &[(u16, Bytes, boo
 }
 
 /// Debian's Janus with the streaming plugin and the HTTP transport only,
-/// from a configuration this writes into `dir`.
+/// from a configuration this writes into `dir`, running in a network
+/// namespace the test created: its API and RTP feeds on that namespace's
+/// 127.0.0.1, its ICE on the one address the test gave the namespace.
 pub struct Janus {
     pub process: Child2,
-    /// `http://127.0.0.1:PORT/janus`.
+    /// `http://127.0.0.1:PORT/janus`, reached from inside the namespace
+    /// ([`Netns::enter`]).
     pub api: String,
-    /// The address Janus puts in its ICE candidates (libnice never offers
-    /// loopback): viewers bind it, so media stays on this machine.
-    pub media_ip: std::net::IpAddr,
+    /// The only address Janus puts in its ICE candidates (libnice never
+    /// offers loopback): the namespace's, which viewers in the namespace
+    /// bind. Never one of the host's.
+    pub media_ip: IpAddr,
 }
 
 /// True if `janus` runs (in CI its absence fails the test).
@@ -252,9 +254,11 @@ pub fn have_janus() -> bool {
 }
 
 impl Janus {
-    /// Starts Janus with `mountpoints` (the streaming plugin's
-    /// configuration body) and its HTTP API on a free port of 127.0.0.1.
-    pub fn start(dir: &Path, mountpoints: &str) -> Janus {
+    /// Starts Janus in `netns` with `mountpoints` (the streaming plugin's
+    /// configuration body), its HTTP API on a free port of the namespace's
+    /// 127.0.0.1, and ICE on `media_ip` only (an address the test gave the
+    /// namespace, [`Netns::add_interface`]).
+    pub fn start(netns: &Netns, media_ip: IpAddr, dir: &Path, mountpoints: &str) -> Janus {
         let lib = ["/usr/lib/x86_64-linux-gnu/janus", "/usr/lib/aarch64-linux-gnu/janus", "/usr/lib/janus"]
             .into_iter()
             .find(|p| Path::new(p).join("plugins").exists())
@@ -262,7 +266,7 @@ impl Janus {
         let mut last_log = String::new();
         // The port is free when chosen; another process may take it first.
         for _ in 0..3 {
-            let port = free_tcp_port();
+            let port = netns.enter(free_tcp_port);
             let only = |kind: &str, keep: &str| -> String {
                 let folder = Path::new(lib).join(kind);
                 let mut skip: Vec<String> = std::fs::read_dir(&folder)
@@ -279,8 +283,9 @@ impl Janus {
             let config = format!(
                 "general: {{\n  configs_folder = \"{dir}\"\n  plugins_folder = \"{lib}/plugins\"\n  \
                  transports_folder = \"{lib}/transports\"\n  events_folder = \"{lib}/events\"\n  \
-                 loggers_folder = \"{lib}/loggers\"\n  debug_level = 4\n}}\n\
+                 loggers_folder = \"{lib}/loggers\"\n  debug_level = 4\n  interface = \"{media_ip}\"\n}}\n\
                  media: {{\n  rtp_port_range = \"20000-60000\"\n}}\n\
+                 nat: {{\n  ice_enforce_list = \"{media_ip}\"\n}}\n\
                  plugins: {{\n  disable = \"{}\"\n}}\ntransports: {{\n  disable = \"{}\"\n}}\n\
                  events: {{\n  broadcast = false\n  disable = \"{}\"\n}}\nloggers: {{\n  disable = \"{}\"\n}}\n",
                 only("plugins", "libjanus_streaming.so"),
@@ -299,18 +304,21 @@ impl Janus {
             )
             .unwrap();
             std::fs::write(dir.join("janus.plugin.streaming.jcfg"), format!("general: {{\n}}\n{mountpoints}")).unwrap();
-            let mut command = Command::new("janus");
-            command.arg("-F").arg(dir).arg("-C").arg(dir.join("janus.jcfg"));
+            // `ip netns exec` execs Janus: the child's pid is Janus's.
+            let mut command = Command::new("ip");
+            command
+                .args(["netns", "exec", &netns.name, "janus"])
+                .arg("-F")
+                .arg(dir)
+                .arg("-C")
+                .arg(dir.join("janus.jcfg"));
             let process = Child2::spawn(command, "janus");
             if process.wait_for_line("HTTP webserver started", Duration::from_secs(15)).is_some()
                 && process.wait_for_line("JANUS Streaming plugin initialized", Duration::from_secs(5)).is_some()
             {
                 let line = process.wait_for_line(" as local IP", Duration::from_secs(1)).unwrap_or_default();
-                let media_ip = line
-                    .split_whitespace()
-                    .find_map(|word| word.parse::<std::net::IpAddr>().ok())
-                    .filter(|ip| !ip.is_loopback())
-                    .unwrap_or_else(|| panic!("Janus names no non-loopback address for ICE ({line:?})"));
+                let announced = line.split_whitespace().find_map(|word| word.parse::<IpAddr>().ok());
+                assert_eq!(announced, Some(media_ip), "Janus must use the namespace's address ({line:?})");
                 return Janus { process, api: format!("http://127.0.0.1:{port}/janus"), media_ip };
             }
             last_log = process.log();
