@@ -21,7 +21,7 @@
 # in target/bench/). Needs python3 and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
+. scripts/bench-lib.sh
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 bin="" clip="" viewers=5 clients=20 waves=3 seconds=20 build=1
@@ -39,32 +39,13 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$bin" ] || bin=${CARGO_TARGET_DIR:-$root/target}/release/streaming-server
-[ "$build" = 1 ] && cargo build --release --quiet
-[ -x "$bin" ] || { echo "no binary at $bin (build it, or --bin PATH)" >&2; exit 1; }
-if [ -z "$clip" ]; then
-    clip=$root/target/bench/clip_1080p30_6mbps.h264
-    if [ ! -s "$clip" ]; then
-        mkdir -p "$(dirname "$clip")"
-        echo "making $clip with ffmpeg (once)..." >&2
-        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
-            -c:v libx264 -profile:v high -preset veryfast -tune zerolatency \
-            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
-            -pix_fmt yuv420p -x264-params aud=1 "$clip"
-    fi
-fi
+bench_binary
+[ -n "$clip" ] || clip=$(bench_clip h264)
 codec_args=()
 case "$clip" in *.h265 | *.hevc) codec_args=(-codec h265) ;; esac
 
-work=$(mktemp -d)
+bench_workdir
 shm=/ss_bench_hls_$$
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
 "$bin" fake-camera -shm "$shm" -file "$clip" -fps 30 2>"$work/camera.log" &
 pids+=($!)
@@ -72,34 +53,21 @@ pids+=($!)
     -max-clients $((viewers + 2)) -record-path "$work/recordings" 2>"$work/server.log" &
 server=$!
 pids+=($server)
-url=""
-for _ in $(seq 100); do
-    line=$(grep -m1 -o 'listening: http on [0-9.:]*' "$work/server.log" || true)
-    if [ -n "$line" ]; then url="http://${line##* }"; break; fi
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
-metrics_line=$(grep -m1 -o 'listening: metrics on [0-9.:]*' "$work/server.log" || true)
-metrics_url="http://${metrics_line##* }/metrics"
-for _ in $(seq 100); do
-    curl -fs "$url/health" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+url="http://$(bench_listener "$work/server.log" http)"
+metrics_url="http://$(bench_listener "$work/server.log" metrics)/metrics"
+bench_wait_healthy "$url"
 
-hz=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 # CPU% and peak RSS (MB) of the server over `seconds`, sampled every second.
 measure() {
     local t0 t1 peak=0 rss
-    t0=$(cpu_ticks)
+    t0=$(cpu_ticks "$server")
     for _ in $(seq "$1"); do
         sleep 1
-        rss=$(rss_kb)
+        rss=$(rss_kb "$server")
         [ "$rss" -gt "$peak" ] && peak=$rss
     done
-    t1=$(cpu_ticks)
-    awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$1" -v p="$peak" 'BEGIN {printf "%.1f %.1f\n", d / hz / s * 100, p / 1024}'
+    t1=$(cpu_ticks "$server")
+    echo "$(cpu_percent $((t1 - t0)) "$1") $(awk -v p="$peak" 'BEGIN {printf "%.1f", p / 1024}')"
 }
 
 echo "machine: $(nproc) cores, $(uname -m), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"

@@ -13,7 +13,7 @@
 # (Debian: python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
+. scripts/bench-lib.sh
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 bin="" clip="" viewers=5 seconds=20 build=1
@@ -29,28 +29,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$bin" ] || bin=$root/target/release/streaming-server
-[ "$build" = 1 ] && cargo build --release --quiet
-[ -x "$bin" ] || { echo "no binary at $bin (build it, or --bin PATH)" >&2; exit 1; }
-if [ -z "$clip" ]; then
-    clip=$root/target/bench/clip_1080p30_6mbps.h264
-    if [ ! -s "$clip" ]; then
-        mkdir -p "$(dirname "$clip")"
-        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
-            -c:v libx264 -profile:v high -preset veryfast -tune zerolatency \
-            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
-            -pix_fmt yuv420p -x264-params aud=1 "$clip"
-    fi
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+bench_binary
+[ -n "$clip" ] || clip=$(bench_clip h264)
+bench_workdir
 
 rtsp_server() { # NAME -> prints its port
     /usr/bin/python3 tests/rtsp_server.py --clip "$clip" --path cam >"$work/rtsp_$1.out" 2>"$work/rtsp_$1.log" &
@@ -91,36 +72,27 @@ sleep 1
     -max-clients $((viewers + 2)) -record-path "$work/recordings" 2>"$work/server.log" &
 server=$!
 pids+=($server)
-url=""
-for _ in $(seq 100); do
-    line=$(grep -m1 -o 'listening: http on [0-9.:]*' "$work/server.log" || true)
-    if [ -n "$line" ]; then url="http://${line##* }"; break; fi
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+url="http://$(bench_listener "$work/server.log" http)"
 ready() { curl -fs "$url/paths" | python3 -c 'import json,sys; p=json.load(sys.stdin)["paths"]; print(sum(x["state"]=="ready" for x in p))'; }
 for _ in $(seq 200); do [ "$(ready)" = 4 ] && break; sleep 0.1; done
 sleep 3
 
-hz=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 thread_ticks() { # thread name -> ticks
     for task in /proc/$server/task/*; do
         [ "$(cat "$task/comm")" = "$1" ] && { awk '{print $14 + $15}' "$task/stat"; return; }
     done
     echo 0
 }
-rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$server/status"; }
+rss_mb() { awk -v k="$(rss_kb "$server")" 'BEGIN {printf "%.1f", k / 1024}'; }
 connections() { # established TCP connections to a local port
     awk -v p="$(printf ':%04X' "$1")" 'NR > 1 && $4 == "01" && $3 ~ p"$" {n++} END {print n + 0}' /proc/net/tcp
 }
 measure() { # seconds -> "cpu% media_a% media_b%"
     local t0 a0 b0 t1 a1 b1
-    t0=$(cpu_ticks) a0=$(thread_ticks media-ring_a) b0=$(thread_ticks media-ring_b)
+    t0=$(cpu_ticks "$server") a0=$(thread_ticks media-ring_a) b0=$(thread_ticks media-ring_b)
     sleep "$1"
-    t1=$(cpu_ticks) a1=$(thread_ticks media-ring_a) b1=$(thread_ticks media-ring_b)
-    awk -v t=$((t1 - t0)) -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v hz="$hz" -v s="$1" \
-        'BEGIN {printf "%.2f %.2f %.2f\n", t / hz / s * 100, a / hz / s * 100, b / hz / s * 100}'
+    t1=$(cpu_ticks "$server") a1=$(thread_ticks media-ring_a) b1=$(thread_ticks media-ring_b)
+    echo "$(cpu_percent $((t1 - t0)) "$1") $(cpu_percent $((a1 - a0)) "$1") $(cpu_percent $((b1 - b0)) "$1")"
 }
 
 echo "machine: $(nproc) cores, $(uname -m), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"

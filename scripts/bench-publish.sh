@@ -28,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-target_dir=${CARGO_TARGET_DIR:-$root/target}
+. scripts/bench-lib.sh
 
 usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 bin="" clip="" seconds=20 targets="1 10" viewers=20 build=1 steps="direct rtp srtp whip janus"
@@ -46,41 +46,19 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$bin" ] || bin=$target_dir/release/streaming-server
-if [ "$build" = 1 ]; then cargo build --release --quiet; fi
-[ -x "$bin" ] || { echo "no binary at $bin (build it, or --bin PATH)" >&2; exit 1; }
-if [ -z "$clip" ]; then
-    clip=$target_dir/bench/clip_1080p30_6mbps.h264
-    if [ ! -s "$clip" ]; then
-        # The same clip as scripts/bench.sh.
-        mkdir -p "$(dirname "$clip")"
-        echo "making $clip with ffmpeg (once)..." >&2
-        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
-            -c:v libx264 -profile:v high -preset veryfast -tune zerolatency \
-            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
-            -pix_fmt yuv420p -x264-params aud=1 "$clip"
-    fi
-fi
+bench_binary
+[ -n "$clip" ] || clip=$(bench_clip h264)
 
 wants() { case " $steps " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-work=$(mktemp -d)
+bench_workdir
 shm=/ss_bench_publish_$$
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
 "$bin" fake-camera -shm "$shm" -file "$clip" -fps 30 2>"$work/camera.log" &
 pids+=($!)
 sleep 1
 
-hz=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+rss_mb() { awk -v k="$(rss_kb "$1")" 'BEGIN {printf "%.1f", k / 1024}'; }
 free_udp_port() { python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Starts the server with extra flags; sets $server and $url.
@@ -89,24 +67,18 @@ start_server() {
         -record-path "$work/recordings" "$@" 2>"$work/server.log" &
     server=$!
     pids+=($server)
-    url=""
-    for _ in $(seq 100); do
-        line=$(grep -m1 -o 'listening: http on [0-9.:]*' "$work/server.log" || true)
-        if [ -n "$line" ]; then url="http://${line##* }"; break; fi
-        sleep 0.1
-    done
-    [ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
-    for _ in $(seq 100); do curl -fs "$url/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    url="http://$(bench_listener "$work/server.log" http)"
+    bench_wait_healthy "$url"
 }
 stop_server() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
 
 # CPU% of process $1 over $seconds (one core = 100).
 sample() {
     local t0 t1
-    t0=$(ticks "$1")
+    t0=$(cpu_ticks "$1")
     sleep "$seconds"
-    t1=$(ticks "$1")
-    awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", d / hz / s * 100}'
+    t1=$(cpu_ticks "$1")
+    cpu_percent $((t1 - t0)) "$seconds"
 }
 # Frames sent to each publish target over the step, from /paths.
 # What the load client's viewers got, for the notes column.
@@ -194,14 +166,7 @@ python=$root/.venv/bin/python
 if ! wants whip; then
     :
 elif [ -x "$python" ] && "$python" -c 'import aiortc' 2>/dev/null; then
-    baseline=${clip%.h264}_baseline.h264
-    if [ ! -s "$baseline" ]; then
-        echo "making $baseline with ffmpeg (once)..." >&2
-        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
-            -c:v libx264 -profile:v baseline -preset veryfast -tune zerolatency \
-            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
-            -pix_fmt yuv420p -x264-params aud=1 "$baseline"
-    fi
+    baseline=$(bench_clip h264-baseline)
     "$bin" fake-camera -shm "${shm}_baseline" -file "$baseline" -fps 30 2>"$work/camera_baseline.log" &
     pids+=($!)
     sleep 1
@@ -284,11 +249,11 @@ EOF
         -seconds "$(awk -v a="$join_s" -v b="$seconds" 'BEGIN {print a + b + 1}')" >"$work/janus_load.json" 2>/dev/null &
     load=$!
     sleep "$join_s"
-    j0=$(ticks "$janus_pid")
+    j0=$(cpu_ticks "$janus_pid")
     cpu=$(sample "$server")
-    j1=$(ticks "$janus_pid")
+    j1=$(cpu_ticks "$janus_pid")
     rss=$(rss_mb "$server")
-    janus_cpu=$(awk -v d=$((j1 - j0)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", d / hz / s * 100}')
+    janus_cpu=$(cpu_percent $((j1 - j0)) "$seconds")
     wait "$load" || true
     notes="janus ${janus_cpu}%, $(load_notes "$work/janus_load.json")"
     row "janus + $viewers viewers" "$cpu" - "$rss" "$notes; board: 1 stream out, $(curl -fs "$url/health" | python3 -c 'import json, sys; print(json.load(sys.stdin)["webrtc_clients"])') viewers of its own"

@@ -16,7 +16,7 @@
 # Needs ffmpeg (the RTSP clients), curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
+. scripts/bench-lib.sh
 
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 bin="" clip="" steps="1 10" seconds=20 build=1 transport=tcp
@@ -33,34 +33,18 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$bin" ] || bin=${CARGO_TARGET_DIR:-$root/target}/release/streaming-server
-if [ "$build" = 1 ]; then
-    cargo build --release --quiet
-fi
-[ -x "$bin" ] || { echo "no binary at $bin (build it, or --bin PATH)" >&2; exit 1; }
+bench_binary
 command -v ffmpeg >/dev/null || { echo "needs ffmpeg (the RTSP clients)" >&2; exit 1; }
-if [ -z "$clip" ]; then
-    clip=$root/target/bench/clip_1080p30_6mbps.h264
-    if [ ! -s "$clip" ]; then
-        mkdir -p "$(dirname "$clip")"
-        echo "making $clip with ffmpeg (once)..." >&2
-        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
-            -c:v libx264 -profile:v high -preset veryfast -tune zerolatency \
-            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
-            -pix_fmt yuv420p -x264-params aud=1 "$clip"
-    fi
-fi
+[ -n "$clip" ] || clip=$(bench_clip h264)
 codec_args=()
 case "$clip" in *.h265 | *.hevc) codec_args=(-codec h265) ;; esac
 
-work=$(mktemp -d)
+bench_workdir
 shm=/ss_bench_rtsp_$$
-pids=()
 clients_pids=()
 cleanup() {
-    for pid in "${clients_pids[@]}" "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
+    for pid in "${clients_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    bench_cleanup
 }
 trap cleanup EXIT INT TERM
 
@@ -72,22 +56,13 @@ for n in $steps; do [ "$n" -gt "$max" ] && max=$n; done
     -rtsp 127.0.0.1:0 -max-clients $((max + 2)) -record-path "$work/recordings" 2>"$work/server.log" &
 server=$!
 pids+=($server)
-url="" rtsp=""
-for _ in $(seq 100); do
-    line=$(grep -m1 -o 'listening: http on [0-9.:]*' "$work/server.log" || true)
-    rline=$(grep -m1 -o 'listening: rtsp on [0-9.:]*' "$work/server.log" || true)
-    if [ -n "$line" ] && [ -n "$rline" ]; then url="http://${line##* }"; rtsp="rtsp://${rline##* }/cam"; break; fi
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+url="http://$(bench_listener "$work/server.log" http)"
+rtsp="rtsp://$(bench_listener "$work/server.log" rtsp)/cam"
 for _ in $(seq 100); do
     curl -fs "$url/health" | grep -q '"status":"ok"' && break
     sleep 0.1
 done
 
-hz=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 # RTSP clients playing and WebRTC viewers, from /paths.
 counts() {
     curl -fs "$url/paths" | python3 -c '
@@ -97,17 +72,17 @@ print(p.get("rtsp_clients", 0), p.get("viewers", 0))' 2>/dev/null || echo "0 0"
 }
 measure() { # prints cpu% over $seconds
     local t0 t1
-    t0=$(cpu_ticks)
+    t0=$(cpu_ticks "$server")
     sleep "$seconds"
-    t1=$(cpu_ticks)
-    awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", d / hz / s * 100}'
+    t1=$(cpu_ticks "$server")
+    cpu_percent $((t1 - t0)) "$seconds"
 }
 
 echo "machine: $(nproc) cores, $(uname -m), $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
 echo "stream: $(basename "$clip") at 30 fps; RTSP clients: ffmpeg -rtsp_transport $transport -c copy -f null; $seconds s per step"
 printf '%-8s %7s %8s %12s %7s %s\n' kind clients "cpu%" "cpu%/client" rss_MB note
 base=$(measure)
-printf '%-8s %7s %8s %12s %7s %s\n' idle 0 "$base" - "$(awk -v k="$(rss_kb)" 'BEGIN {printf "%.1f", k / 1024}')" ""
+printf '%-8s %7s %8s %12s %7s %s\n' idle 0 "$base" - "$(awk -v k="$(rss_kb "$server")" 'BEGIN {printf "%.1f", k / 1024}')" ""
 for n in $steps; do
     # N RTSP clients.
     clients_pids=()
@@ -119,7 +94,7 @@ for n in $steps; do
     sleep 2
     cpu=$(measure)
     read -r playing _ < <(counts)
-    rss=$(rss_kb)
+    rss=$(rss_kb "$server")
     for pid in "${clients_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait "${clients_pids[@]}" 2>/dev/null || true
     clients_pids=()
@@ -136,7 +111,7 @@ for n in $steps; do
     load=$!
     sleep "$join_s"
     cpu=$(measure)
-    rss=$(rss_kb)
+    rss=$(rss_kb "$server")
     wait "$load" || { echo "load client failed with $n viewers:" >&2; tail -5 "$work/load_$n.log" >&2; }
     connected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["connected"])' "$work/load_$n.json" 2>/dev/null || echo "?")
     per=$(awk -v c="$cpu" -v b="$base" -v n="$n" 'BEGIN {printf "%.2f", (c - b) / n}')

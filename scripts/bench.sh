@@ -18,7 +18,7 @@
 # Needs python3 (to read the load client's JSON); ffmpeg only to make the clip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
+. scripts/bench-lib.sh
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 bin="" clip="" steps="0 1 10 20 50" seconds=20 build=1 json_dir="" h265=0
@@ -36,34 +36,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$bin" ] || bin=$root/target/release/streaming-server
-if [ "$build" = 1 ]; then
-    cargo build --release --quiet
-fi
-[ -x "$bin" ] || { echo "no binary at $bin (build it, or --bin PATH)" >&2; exit 1; }
-
-if [ -z "$clip" ] && [ "$h265" = 1 ]; then
-    clip=$root/target/bench/clip_1080p30_6mbps.h265
-    if [ ! -s "$clip" ]; then
-        mkdir -p "$(dirname "$clip")"
-        echo "making $clip with ffmpeg (once)..." >&2
-        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
-            -c:v libx265 -profile:v main -preset veryfast -tune zerolatency \
-            -b:v 6M -maxrate 6M -bufsize 2M -pix_fmt yuv420p \
-            -x265-params log-level=error:keyint=30:min-keyint=30:scenecut=0:open-gop=0:bframes=0:aud=1 \
-            -f hevc "$clip"
-    fi
-fi
+bench_binary
 if [ -z "$clip" ]; then
-    clip=$root/target/bench/clip_1080p30_6mbps.h264
-    if [ ! -s "$clip" ]; then
-        mkdir -p "$(dirname "$clip")"
-        echo "making $clip with ffmpeg (once)..." >&2
-        ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30:duration=10 \
-            -c:v libx264 -profile:v high -preset veryfast -tune zerolatency \
-            -g 30 -keyint_min 30 -sc_threshold 0 -b:v 6M -maxrate 6M -bufsize 2M \
-            -pix_fmt yuv420p -x264-params aud=1 "$clip"
-    fi
+    if [ "$h265" = 1 ]; then clip=$(bench_clip h265); else clip=$(bench_clip h264); fi
 fi
 
 # Viewers offer the clip's codec (-codec is left out for H.264, so older
@@ -71,15 +46,8 @@ fi
 codec_args=()
 case "$clip" in *.h265 | *.hevc) codec_args=(-codec h265) ;; esac
 
-work=$(mktemp -d)
+bench_workdir
 shm=/ss_bench_$$
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
 "$bin" fake-camera -shm "$shm" -file "$clip" -fps 30 2>"$work/camera.log" &
 pids+=($!)
@@ -89,23 +57,10 @@ for n in $steps; do [ "$n" -gt "$max_viewers" ] && max_viewers=$n; done
     -max-clients $((max_viewers + 2)) -record-path "$work/recordings" 2>"$work/server.log" &
 server=$!
 pids+=($server)
-url=""
-for _ in $(seq 100); do
-    line=$(grep -m1 -o 'listening: http on [0-9.:]*' "$work/server.log" || true)
-    if [ -n "$line" ]; then url="http://${line##* }"; break; fi
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
-metrics_line=$(grep -m1 -o 'listening: metrics on [0-9.:]*' "$work/server.log" || true)
-metrics_url="http://${metrics_line##* }/metrics"
-for _ in $(seq 100); do
-    curl -fs "$url/health" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+url="http://$(bench_listener "$work/server.log" http)"
+metrics_url="http://$(bench_listener "$work/server.log" metrics)/metrics"
+bench_wait_healthy "$url"
 
-hz=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 threads() { awk '/^Threads/ {print $2}' "/proc/$server/status"; }
 fds() { ls "/proc/$server/fd" | wc -l; }
 # The server's own view: loss its viewers' RTCP receiver reports state, and
@@ -131,11 +86,11 @@ for n in $steps; do
         load=$!
         sleep "$join_s"
     fi
-    t0=$(cpu_ticks)
+    t0=$(cpu_ticks "$server")
     sleep "$seconds"
-    t1=$(cpu_ticks)
-    rss=$(rss_kb) th=$(threads) fd=$(fds)
-    cpu=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", d / hz / s * 100}')
+    t1=$(cpu_ticks "$server")
+    rss=$(rss_kb "$server") th=$(threads) fd=$(fds)
+    cpu=$(cpu_percent $((t1 - t0)) "$seconds")
     if [ "$n" -gt 0 ]; then
         wait "$load" || { echo "load client failed with $n viewers:" >&2; tail -5 "$work/load_$n.log" >&2; }
         [ -n "$json_dir" ] && mkdir -p "$json_dir" && cp "$report" "$json_dir/"
