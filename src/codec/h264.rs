@@ -24,7 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use super::annexb::{split_annexb, starts_with_start_code};
-use super::{AccessUnit, NalUnit, ParameterSets, RawFrame, VideoInfo};
+use super::{AccessUnit, NalUnit, Numbering, ParameterSets, RawFrame, VideoInfo};
 
 /// NAL unit types this program cares about (ITU-T H.264 table 7-1).
 pub mod nal_type {
@@ -337,8 +337,7 @@ pub struct Processor {
     pending_sps: Option<(Bytes, SpsInfo)>,
     pending_pps: Option<Bytes>,
     generation: u64,
-    next_seq: u64,
-    gap_pending: bool,
+    numbering: Numbering,
 }
 
 impl Processor {
@@ -354,7 +353,7 @@ impl Processor {
     /// The reader lost frames: the next access unit handed on is marked
     /// `after_gap`.
     pub fn note_gap(&mut self) {
-        self.gap_pending = true;
+        self.numbering.note_gap();
     }
 
     /// Checks one frame and turns it into an access unit.
@@ -413,22 +412,8 @@ impl Processor {
         if prepend && self.parameter_sets.is_none() {
             return Err(ProcessError::IdrWithoutParameterSets { frame_number });
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        Ok(AccessUnit {
-            codec: super::Codec::H264,
-            seq,
-            data: frame.data,
-            nals,
-            is_keyframe: is_idr,
-            parameter_sets: self.parameter_sets.clone(),
-            prepend_parameter_sets: prepend,
-            after_gap: std::mem::take(&mut self.gap_pending),
-            frame_number,
-            capture_time: frame.capture_time,
-            read_time: frame.read_time,
-            camera_id: frame.camera_id,
-        })
+        let parameter_sets = self.parameter_sets.clone();
+        Ok(self.numbering.access_unit(super::Codec::H264, frame, nals, is_idr, parameter_sets, prepend))
     }
 
     /// Replaces the canonical pair once both halves of a new one are known.

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::annexb::split_annexb;
-use super::{AccessUnit, NalUnit, ParameterSets, RawFrame, VideoInfo};
+use super::{AccessUnit, NalUnit, Numbering, ParameterSets, RawFrame, VideoInfo};
 
 /// NAL unit types (ITU-T H.265 table 7-1; 48 and 49 are RFC 7798's).
 pub mod nal_type {
@@ -629,8 +629,7 @@ pub struct Processor {
     pending_sps: Option<(Bytes, SpsInfo)>,
     pending_pps: Option<Bytes>,
     generation: u64,
-    next_seq: u64,
-    gap_pending: bool,
+    numbering: Numbering,
 }
 
 impl Processor {
@@ -646,7 +645,7 @@ impl Processor {
     /// The reader lost frames: the next access unit handed on is marked
     /// `after_gap`.
     pub fn note_gap(&mut self) {
-        self.gap_pending = true;
+        self.numbering.note_gap();
     }
 
     /// Checks one frame and turns it into an access unit.
@@ -709,22 +708,8 @@ impl Processor {
         if is_keyframe && self.parameter_sets.is_none() {
             return Err(ProcessError::IrapWithoutParameterSets { frame_number });
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        Ok(AccessUnit {
-            codec: super::Codec::H265,
-            seq,
-            data: frame.data,
-            nals,
-            is_keyframe,
-            parameter_sets: self.parameter_sets.clone(),
-            prepend_parameter_sets: prepend,
-            after_gap: std::mem::take(&mut self.gap_pending),
-            frame_number,
-            capture_time: frame.capture_time,
-            read_time: frame.read_time,
-            camera_id: frame.camera_id,
-        })
+        let parameter_sets = self.parameter_sets.clone();
+        Ok(self.numbering.access_unit(super::Codec::H265, frame, nals, is_keyframe, parameter_sets, prepend))
     }
 
     /// Replaces the canonical triple once every part of a new one is known.

@@ -367,6 +367,49 @@ impl fmt::Display for ProcessError {
 
 impl std::error::Error for ProcessError {}
 
+/// Sequence numbers and the gap mark of a processor, the same for every
+/// codec.
+#[derive(Debug, Default)]
+struct Numbering {
+    next_seq: u64,
+    gap_pending: bool,
+}
+
+impl Numbering {
+    fn note_gap(&mut self) {
+        self.gap_pending = true;
+    }
+
+    /// `frame` as the next access unit of `codec`, given what that codec's
+    /// processor found in it.
+    fn access_unit(
+        &mut self,
+        codec: Codec,
+        frame: RawFrame,
+        nals: Vec<NalUnit>,
+        is_keyframe: bool,
+        parameter_sets: Option<Arc<ParameterSets>>,
+        prepend_parameter_sets: bool,
+    ) -> AccessUnit {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        AccessUnit {
+            codec,
+            seq,
+            data: frame.data,
+            nals,
+            is_keyframe,
+            parameter_sets,
+            prepend_parameter_sets,
+            after_gap: std::mem::take(&mut self.gap_pending),
+            frame_number: frame.frame_number,
+            capture_time: frame.capture_time,
+            read_time: frame.read_time,
+            camera_id: frame.camera_id,
+        }
+    }
+}
+
 /// The processor of one codec: the stateful part (parameter-set cache,
 /// sequence numbers) of a stream.
 #[derive(Debug)]
