@@ -101,3 +101,33 @@ fn a_dead_media_thread_fails_health_at_once_and_the_process_exits_non_zero() {
     assert!(!status.success(), "exit status must tell systemd to restart: {status:?}");
     assert!(server.proc.log().contains("media thread died"), "{}", server.proc.log());
 }
+
+#[test]
+fn a_demo_ring_left_by_a_killed_server_is_removed_and_a_running_ones_is_kept() {
+    // A pid that no longer runs: a child that has been reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!("/dev/shm/streaming_server_demo_{dead}_left_behind");
+    // This test process runs: its segment belongs to a live server.
+    let live = format!("/dev/shm/streaming_server_demo_{}_still_running", std::process::id());
+    for path in [&stale, &live] {
+        std::fs::write(path, b"not a ring").unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &["-demo", "-http", "127.0.0.1:0", "-metrics", "", "-pprof", "", "-record-path", dir.path().to_str().unwrap()],
+        &["http"],
+    );
+    let url = server.url("http", "/health");
+    wait_until(Duration::from_secs(15), || (get(&url).json()["has_headers"] == true).then_some(()))
+        .unwrap_or_else(|| panic!("demo never healthy:\n{}", server.proc.log()));
+    let stale_left = std::path::Path::new(&stale).exists();
+    let live_left = std::path::Path::new(&live).exists();
+    let _ = std::fs::remove_file(&stale);
+    let _ = std::fs::remove_file(&live);
+    assert!(!stale_left, "{stale} (its process is gone) must be removed:\n{}", server.proc.log());
+    // Which server removed it is not checked: the other tests here run
+    // demo servers at the same time, and any of them may be first.
+    assert!(live_left, "{live} (its process runs) must be kept");
+}

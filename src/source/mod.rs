@@ -163,6 +163,43 @@ pub fn demo_segment(path: &str) -> String {
     }
 }
 
+/// Removes demo segments that processes no longer running left in
+/// /dev/shm: a server killed with SIGKILL (or by the OOM killer) cannot
+/// unlink its own, and each is ~90 MB of RAM until the next reboot. Runs
+/// once per process, before the first demo camera starts; a segment whose
+/// process still runs (another server's) is left alone.
+fn remove_stale_demo_segments() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir("/dev/shm") else { return };
+        let own = std::process::id();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(demo_segment_owner) else { continue };
+            if pid == own || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    log::info!("removed /dev/shm/{name:?}, a demo ring left by process {pid} (no longer running)")
+                }
+                Err(error) => log::warn!("cannot remove /dev/shm/{name:?} left by process {pid}: {error}"),
+            }
+        }
+    });
+}
+
+/// The process id in a [`demo_segment`] name (`streaming_server_demo_PID`
+/// or `streaming_server_demo_PID_PATH`, without the leading slash).
+fn demo_segment_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("streaming_server_demo_")?;
+    let digits = rest.split('_').next()?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// What a path's source reads, for the watchdog: the ring config of a ring
 /// or demo source.
 pub fn ring_config(config: &PathConfig) -> Option<ring::ReaderConfig> {
@@ -195,6 +232,7 @@ async fn run_ring_source(config: &PathConfig, stream: &Stream, stop: &Shutdown) 
     let Some(reader) = ring_config(config) else { return };
     let mut demo = None;
     if let SourceConfig::Demo { codec } = config.source {
+        remove_stale_demo_segments();
         let options = FakeCameraOptions::new(&reader.name, reader.layout);
         let clip = match fake_camera::demo_clip(codec) {
             Ok(clip) => clip,
@@ -395,6 +433,24 @@ async fn idle_for(demand: &mut tokio::sync::watch::Receiver<usize>, close_after:
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_segment_names_give_their_owner_and_nothing_else_does() {
+        let own = std::process::id();
+        let name = |path: &str| demo_segment(path).trim_start_matches('/').to_string();
+        assert_eq!(demo_segment_owner(&name(crate::config::LEGACY_PATH)), Some(own));
+        assert_eq!(demo_segment_owner(&name("front_door")), Some(own));
+        for other in
+            ["streaming_server_demo_", "streaming_server_demo_x1", "streaming_server_demo__1", "camera_1", "sem.x"]
+        {
+            assert_eq!(demo_segment_owner(other), None, "{other}");
         }
     }
 }
