@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::codec::Codec;
 
 mod janus;
+mod runtime;
 
 /// The RTP header extension carrying the capture time (NTP format) of the
 /// frame a packet belongs to.
@@ -636,7 +637,6 @@ mod peer {
         register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
         RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
     };
-    use webrtc::runtime::TokioRuntime;
 
     /// Chrome's H.265 offer (payload type, fmtp), Main and Main 10.
     const H265_OFFER: &[(u8, &str)] = &[
@@ -794,7 +794,7 @@ mod peer {
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
             .with_handler(handler)
-            .with_runtime(Arc::new(TokioRuntime))
+            .with_runtime(Arc::new(super::runtime::LoadClientRuntime))
             .with_udp_addrs(vec![format!("{}:0", options.local_ip)])
             .build()
             .await

@@ -165,6 +165,34 @@ fn an_h265_ring_at_1080p_reaches_the_load_client_byte_exact_and_records_a_file_t
 }
 
 #[test]
+fn irap_frames_of_half_a_megabyte_and_more_reach_three_viewers_whole() {
+    // ~29 Mbit/s, IRAPs of 0.5-0.8 MB: 400-700 packets leave in one burst
+    // per viewer. The load client's socket and the crate's track queue
+    // must hold a burst (src/load_client/runtime.rs, vendor/webrtc
+    // PATCHES.md 4); before, no IRAP arrived whole.
+    let Some(clip) = h265_support::large_irap_clip_1080p() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let shm = common::unique_shm("h265_big");
+    let _camera = common::fake_camera(&shm, &["-fps", "30", "-file", clip.to_str().unwrap()]);
+    let server = start(&["-shm", &shm], &dir.path().join("rec"));
+    wait_ready(&server, "cam");
+    let out = Command::new(common::bin())
+        .args(["load-client", "-url", &server.url("http", ""), "-codec", "h265", "-viewers", "3", "-seconds", "5"])
+        .args(["-verify", clip.to_str().unwrap()])
+        .output()
+        .expect("run the load client");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["connected"], 3, "{report:#}");
+    assert_eq!(report["clip_nal_units_mismatched"], 0, "{report:#}");
+    for viewer in report["per_viewer"].as_array().unwrap() {
+        // Five seconds hold five IRAPs; the first may be joined mid-way.
+        assert!(viewer["clip_keyframes_matched"].as_u64().unwrap_or(0) >= 3, "{viewer:#}");
+    }
+    eprintln!("large IRAPs, 3 viewers: lost {}, keyframes {}", report["lost"], report["clip_keyframes_matched"]);
+}
+
+#[test]
 fn an_older_daemon_writing_h265_as_format_3_needs_codec_h265_in_the_config() {
     let clip = crate_file("assets/demo.h265");
     let dir = tempfile::tempdir().unwrap();

@@ -26,8 +26,13 @@ static CLIP_LOCK: Mutex<()> = Mutex::new(());
 /// into the test target directory (scripts/make-1080p-clip-h265.sh). None,
 /// with a note, where ffmpeg is not installed.
 pub fn clip_1080p() -> Option<Bytes> {
-    let path = generated_1080p("big-1080p.h265", "16")?;
+    let path = large_irap_clip_1080p()?;
     Some(Bytes::from(std::fs::read(&path).expect("1080p clip")))
+}
+
+/// The path of [`clip_1080p`] (~29 Mbit/s).
+pub fn large_irap_clip_1080p() -> Option<PathBuf> {
+    generated_1080p("big-1080p.h265", "16")
 }
 
 /// A camera-like 1080p30 clip (~10 Mbit/s, IRAPs of 110-270 KB), generated

@@ -143,7 +143,13 @@ const MAX_UNREGISTERED_PENDING_DATA_CHANNEL_EVENTS: usize =
 /// Mixed contracts: media may be dropped (there is no flow control upstream of RTP to push
 /// back to), lifecycle may not. Splitting the queue was considered and rejected; the residual
 /// is accepted and made observable instead.
-pub(crate) const DRIVER_TO_TRACK_REMOTE_EVENT_CHANNEL_CAPACITY: usize = 256;
+///
+/// streaming-server patch: 2048, not 256. A camera's keyframe of 1-1.5 MB
+/// arrives as ~1,200 packets in one burst, and the driver hands them over
+/// faster than the application's reader task is scheduled; with 256 the rest
+/// of the burst was dropped here and no keyframe ever arrived whole. Events
+/// exist only while queued.
+pub(crate) const DRIVER_TO_TRACK_REMOTE_EVENT_CHANNEL_CAPACITY: usize = 2048;
 
 /// Capacity of each **driver → track-local** event channel.
 ///
