@@ -76,6 +76,12 @@ fn chromium_plays_the_viewer_page_in_three_tabs() {
         assert_eq!(viewer["freezesDuringWindow"], 0, "viewer {i} froze: {viewer}");
         assert_eq!((viewer["width"].as_u64(), viewer["height"].as_u64()), (Some(640), Some(360)), "viewer {i}");
         assert_eq!(viewer["connects"], 1, "viewer {i} had to reconnect: {viewer}");
+        // The page reports what the link costs (read by the dashboard and
+        // by anyone debugging a viewer); it started from a keyframe.
+        assert!(viewer["keyFramesDecoded"].as_u64().is_some_and(|n| n >= 1), "viewer {i}: {viewer}");
+        for field in ["packetsLost", "nackCount", "pliCount"] {
+            assert!(viewer[field].as_i64().is_some(), "viewer {i} has no {field}: {viewer}");
+        }
     }
     let shot = &result["screenshot"];
     let mean = shot["meanLuma"].as_f64().unwrap();

@@ -116,6 +116,7 @@ try {
     framesDecoded: s.framesDecoded,
     freezesDuringWindow: s.freezeCount - before[i].freezeCount,
     width: s.width, height: s.height, latencyMs: s.latencyMs, connects: s.connects, state: s.state,
+    packetsLost: s.packetsLost, nackCount: s.nackCount, pliCount: s.pliCount, keyFramesDecoded: s.keyFramesDecoded,
   }));
   // Two screenshots of the first page's video, half a second apart.
   const video = pages[0].page.locator("video");
