@@ -26,6 +26,7 @@ need systemd-analyze systemd        # the unit file test
 need curl curl                      # scripts/flamegraph.sh, README examples, cross smoke run
 need turnserver coturn              # TURN relay for viewers without a path to the board
 need ip iproute2                    # network namespaces for the TURN and Janus tests
+need patch patch                    # scripts/check-vendored.sh applies the recorded patches
 need janus janus                    # publish tests: Janus's streaming plugin as the SFU
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # RTSP cameras in the tests: GStreamer's RTSP server through Debian's own

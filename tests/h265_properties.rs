@@ -1,5 +1,6 @@
 //! Property tests: round trips and "never panics on any bytes".
 
+mod common;
 mod h265_support;
 
 use bytes::Bytes;

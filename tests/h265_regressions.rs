@@ -1,6 +1,7 @@
 //! Replays tests/fixtures/h265_regressions/*.bin through every parser (see the README
 //! there): inputs that once panicked must never panic again.
 
+mod common;
 mod h265_support;
 
 use bytes::Bytes;

@@ -3,6 +3,7 @@
 //! that names exactly the right H.264 payload type.
 
 mod common;
+mod h265_support;
 mod webrtc_common;
 
 use streaming_server::codec::h264::SpsInfo;
@@ -164,18 +165,8 @@ async fn h265_offers_from_chrome_and_safari_get_answers_checked_field_by_field()
 
 #[test]
 fn a_1080p_h265_camera_against_the_h265_offers() {
-    let Some(clip) =
-        std::fs::read(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("camera-1080p.h265")).ok().or_else(|| {
-            // Made by the H.265 end-to-end tests; here from the script directly.
-            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("offers-1080p.h265");
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-1080p-clip-h265.sh");
-            let made = std::process::Command::new(script).arg(&out).arg("24").status().ok()?.success();
-            made.then(|| std::fs::read(&out).ok()).flatten()
-        })
-    else {
-        eprintln!("skipping: no ffmpeg with libx265 for the 1080p clip");
-        return;
-    };
+    let Some(path) = h265_support::camera_clip_1080p() else { return };
+    let clip = std::fs::read(path).expect("the 1080p clip");
     // Main, tier Main, level 4 (level-id=120).
     let camera = h265_camera(&clip);
     // Chrome offers level 6 (180): the answer says the stream's level 4.

@@ -46,6 +46,7 @@ fn generated_1080p(name: &str, crf: &str) -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     if !path.exists() {
         if let Err(e) = Command::new("ffmpeg").arg("-version").output() {
+            assert!(!crate::common::in_ci(), "ffmpeg is missing in CI (scripts/test.sh installs it)");
             eprintln!("skipping: no ffmpeg ({e}); scripts/make-1080p-clip-h265.sh needs ffmpeg with libx265");
             return None;
         }
