@@ -87,9 +87,8 @@ impl SourceStatus {
             self.height.store(height, Ordering::Relaxed);
         }
         self.camera_id.store(camera_id, Ordering::Relaxed);
-        if self.error().is_some() {
-            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
+        // Frames flow again: the last error no longer holds.
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Notes why the source is not delivering (shown until frames flow).

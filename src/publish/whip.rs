@@ -319,9 +319,7 @@ impl Session<'_> {
                         return Err(format!("the stream's codec changed to {}: starting a new session", au.codec));
                     }
                     let packets = cx.stream.packets.get(&au);
-                    let capture_ntp =
-                        stamp.abs_capture_id.and_then(|_| crate::clock::ntp_of_monotonic(au.capture_time));
-                    let sent = peer::write_frame(&self.track, &mut stamp, &packets, capture_ntp).await?;
+                    let sent = peer::write_frame(&self.track, &mut stamp, &packets, au.capture_time).await?;
                     cx.sent(sent.packets, sent.bytes);
                     if stamp.catchup > 0 {
                         // Pace the cached GOP, as for viewers.

@@ -448,14 +448,17 @@ pub(crate) struct Sent {
 /// Writes one frame: the shared payloads with this connection's headers
 /// (`stamp`), in batches of up to [`WRITE_BATCH_PACKETS`] (one driver event,
 /// one channel send and one lock of the peer connection each instead of one
-/// per packet: vendor/webrtc/PATCHES.md). `capture_ntp` goes on the last
-/// packet of a live frame when abs-capture-time was negotiated.
+/// per packet: vendor/webrtc/PATCHES.md). The frame's `capture_time` goes
+/// on the last packet of a live frame when abs-capture-time was negotiated.
 pub(crate) async fn write_frame(
     track: &TrackLocalStaticRTP,
     stamp: &mut Stamp,
     packets: &PacketizedAu,
-    capture_ntp: Option<u64>,
+    capture_time: Duration,
 ) -> Result<Sent, String> {
+    // Only live frames carry it (Stamp::packets): no clock reads for others.
+    let live = stamp.catchup == 0;
+    let capture_ntp = stamp.abs_capture_id.filter(|_| live).and_then(|_| crate::clock::ntp_of_monotonic(capture_time));
     let mut sent = Sent::default();
     let mut stamped = stamp.packets(packets, capture_ntp);
     loop {

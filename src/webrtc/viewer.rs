@@ -290,8 +290,7 @@ async fn serve(
 async fn send(inner: &Inner, track: &TrackLocalStaticRTP, stamp: &mut Stamp, au: &AccessUnit) -> Result<(), String> {
     let packets = inner.stream.packets.get(au);
     let live = stamp.catchup == 0;
-    let capture_ntp = stamp.abs_capture_id.and_then(|_| crate::clock::ntp_of_monotonic(au.capture_time));
-    peer::write_frame(track, stamp, &packets, capture_ntp).await?;
+    peer::write_frame(track, stamp, &packets, au.capture_time).await?;
     if live {
         // Handed to the peer connection's driver task, which seals and sends
         // it at once (its queue is bounded; this await waits when it is full).
