@@ -20,7 +20,7 @@ pub fn millis_between(earlier: Duration, later: Duration) -> f64 {
 }
 
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
-const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+pub const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
 /// The wall clock now as an NTP timestamp (RFC 5905 64-bit, 32.32 fixed
 /// point), as RTCP sender reports carry it.
@@ -38,7 +38,8 @@ pub fn ntp_of_monotonic(capture: Duration) -> Option<u64> {
     ntp_of_unix(unix.checked_sub(monotonic.checked_sub(capture)?)?)
 }
 
-fn ntp_of_unix(unix: Duration) -> Option<u64> {
+/// A time since the Unix epoch as an NTP timestamp.
+pub fn ntp_of_unix(unix: Duration) -> Option<u64> {
     let seconds = unix.as_secs().checked_add(NTP_UNIX_OFFSET)?;
     let fraction = (u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000;
     Some((seconds << 32) | fraction)

@@ -318,7 +318,7 @@ fn parse_turn(entries: &[TurnEntry]) -> Result<Vec<crate::turn::TurnServer>, Str
             let secret = match (&entry.secret, &entry.secret_file) {
                 (Some(_), Some(_)) => return Err(fail("secret and secretFile: give one".into())),
                 (Some(secret), None) => Some(secret.clone()),
-                (None, Some(file)) => Some(crate::turn::read_secret_file(file).map_err(fail)?),
+                (None, Some(file)) => Some(read_secret_file(file).map_err(fail)?),
                 (None, None) => None,
             };
             let ttl = match &entry.ttl {
@@ -390,14 +390,15 @@ impl<'de> Deserialize<'de> for PublishEntry {
     }
 }
 
-/// The first line of a token file, trimmed.
-pub fn read_token_file(path: &Path) -> Result<String, String> {
+/// The first line of a file holding a secret (`-auth-token-file`, a TURN
+/// password or shared secret, a WHIP bearer token), trimmed; never empty.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.is_empty() {
-        return Err(format!("{}: no token on its first line", path.display()));
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.is_empty() {
+        return Err(format!("{}: nothing on its first line", path.display()));
     }
-    Ok(token)
+    Ok(secret)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -547,7 +548,7 @@ pub fn parse_file(text: &str, flags: &FlagDefaults) -> Result<Config, ParseError
                 (Some(_), Some(_)) => return Err(fail(format!("publish[{index}]: token or tokenFile, not both"))),
                 (Some(token), None) => Some(token.clone()),
                 (None, Some(file)) => {
-                    Some(read_token_file(file).map_err(|e| fail(format!("publish[{index}]: tokenFile {e}")))?)
+                    Some(read_secret_file(file).map_err(|e| fail(format!("publish[{index}]: tokenFile {e}")))?)
                 }
                 (None, None) => None,
             };

@@ -139,10 +139,7 @@ impl Clip {
 /// The codec of a clip file by its name: `.h265`/`.hevc` are H.265,
 /// everything else H.264.
 pub fn codec_of_file(path: &std::path::Path) -> Codec {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("h265" | "hevc" | "265") => Codec::H265,
-        _ => Codec::H264,
-    }
+    path.extension().and_then(|e| e.to_str()).and_then(Codec::from_extension).unwrap_or(Codec::H264)
 }
 
 /// Plays `clip` until `options.frames` are written or shutdown; unlinks the

@@ -28,24 +28,12 @@ use crate::codec::Codec;
 mod janus;
 mod runtime;
 
-/// The RTP header extension carrying the capture time (NTP format) of the
-/// frame a packet belongs to.
-pub const ABS_CAPTURE_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time";
-
-/// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
-const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
-
-/// A wall-clock time as a 64-bit NTP timestamp (32.32 fixed point).
-pub fn ntp_from_system(time: SystemTime) -> u64 {
-    let since_unix = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since_unix.as_secs() + NTP_UNIX_OFFSET;
-    let frac = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
-    (secs << 32) | frac
-}
+pub use crate::webrtc::negotiate::extmap_id;
+pub use crate::webrtc::ABS_CAPTURE_TIME_URI;
 
 /// NTP timestamp to seconds since the Unix epoch, as f64.
 fn ntp_to_unix_secs(ntp: u64) -> f64 {
-    (ntp >> 32) as f64 - NTP_UNIX_OFFSET as f64 + (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0
+    (ntp >> 32) as f64 - crate::clock::NTP_UNIX_OFFSET as f64 + (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0
 }
 
 /// What one packet tells the accounting.
@@ -701,15 +689,6 @@ mod peer {
         }
     }
 
-    /// The id the answer gives abs-capture-time (`a=extmap:N URI`), if any.
-    pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
-        sdp.lines().filter_map(|l| l.trim().strip_prefix("a=extmap:")).find_map(|rest| {
-            let mut parts = rest.split_whitespace();
-            let id = parts.next()?.split('/').next()?.parse().ok()?;
-            (parts.next()? == uri).then_some(id)
-        })
-    }
-
     /// A receiving peer connection with its accounting, before any SDP.
     struct Receiver {
         pc: Arc<dyn PeerConnection>,
@@ -1047,8 +1026,6 @@ mod peer {
     }
 }
 
-pub use peer::extmap_id;
-
 /// Runs the viewers (and HLS clients) and collects the report.
 pub async fn run(options: LoadOptions) -> LoadReport {
     let started = Instant::now();
@@ -1148,7 +1125,7 @@ mod tests {
         let received = captured + Duration::from_millis(12);
         let mut stats = ReceiverStats::start(t0);
         let mut info = packet(1, 0, true, &[0x65]);
-        info.capture_ntp = Some(ntp_from_system(captured));
+        info.capture_ntp = crate::clock::ntp_of_unix(captured.duration_since(UNIX_EPOCH).unwrap());
         stats.on_packet(info, t0, received);
         let latency = stats.report(0).latency_p50_ms.unwrap();
         assert!((latency - 12.0).abs() < 0.01, "{latency}");

@@ -16,7 +16,7 @@ use streaming_server::rtsp_server::{self, RtspServer};
 use streaming_server::shutdown::{self, Trigger};
 use streaming_server::systemd;
 use streaming_server::tasks::TaskSet;
-use streaming_server::turn::{self, TurnMonitor, TurnServer};
+use streaming_server::turn::{TurnMonitor, TurnServer};
 use streaming_server::webrtc::{self, WebrtcConfig};
 use streaming_server::{config, control, health::Health, load_client, profiling};
 
@@ -323,10 +323,10 @@ fn serve(args: &Args) -> Result<(), String> {
 /// The `-turn` servers with the `-turn-*` credentials (the same for each).
 fn turn_flags(args: &Args) -> Result<Vec<TurnServer>, String> {
     let pass = match &args.turn_pass_file {
-        Some(file) => Some(turn::read_secret_file(file)?),
+        Some(file) => Some(config::read_secret_file(file)?),
         None => Some(args.turn_pass.clone()).filter(|p| !p.is_empty()),
     };
-    let secret = args.turn_secret_file.as_deref().map(turn::read_secret_file).transpose()?;
+    let secret = args.turn_secret_file.as_deref().map(config::read_secret_file).transpose()?;
     let ttl = recorder::parse_duration(&args.turn_ttl).map_err(|e| format!("-turn-ttl: {e}"))?;
     args.turn
         .iter()
@@ -340,7 +340,7 @@ fn turn_flags(args: &Args) -> Result<Vec<TurnServer>, String> {
 /// The `-publish` targets (for `cam`), with `-publish-token-file`'s token
 /// for the WHIP ones.
 fn publish_flags(args: &Args) -> Result<Vec<streaming_server::publish::PublishConfig>, String> {
-    let token = args.publish_token_file.as_deref().map(config::read_token_file).transpose()?;
+    let token = args.publish_token_file.as_deref().map(config::read_secret_file).transpose()?;
     args.publish
         .iter()
         .map(|url| {
@@ -361,7 +361,7 @@ fn start_listeners(
     shutdown: &shutdown::Shutdown,
     runtime: &tokio::runtime::Handle,
 ) -> Result<Vec<streaming_server::http::Listener>, String> {
-    let auth_token = args.auth_token_file.as_deref().map(control::load_token).transpose()?;
+    let auth_token = args.auth_token_file.as_deref().map(config::read_secret_file).transpose()?;
     let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
     let limits = streaming_server::http::Limits::with_timeout(timeout, control::MAX_CONNECTIONS);
     let config = control::ControlConfig {
@@ -412,7 +412,7 @@ fn start_rtsp(
     };
     let auth = match (&file.credentials, &args.auth_token_file) {
         (Some((user, pass)), _) => rtsp_server::Auth::Credentials { user: user.clone(), pass: pass.clone() },
-        (None, Some(path)) => rtsp_server::Auth::Token(control::load_token(path)?),
+        (None, Some(path)) => rtsp_server::Auth::Token(config::read_secret_file(path)?),
         (None, None) => rtsp_server::Auth::Open,
     };
     let config = rtsp_server::RtspServerConfig {

@@ -23,7 +23,12 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// 128 random bits, hex: session ids must not be guessable, since knowing
 /// one lets a client end that session (WHEP DELETE).
 pub fn random_id() -> String {
-    random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&random_bytes::<16>())
+}
+
+/// Lower-case hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A random u32 (SSRCs, initial sequence numbers and timestamps).

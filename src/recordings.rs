@@ -194,6 +194,12 @@ fn mtime_ns(meta: &Metadata) -> i128 {
     i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
 }
 
+/// The ETag of a raw recording as it is now: inode, size and modification
+/// time, so a file still being written gets a new one as it grows.
+pub fn raw_etag(meta: &Metadata) -> String {
+    format!("\"{:x}-{:x}-{:x}\"", meta.ino(), meta.len(), mtime_ns(meta))
+}
+
 /// Opens a regular file, and nothing else: `lstat` first, so a symlink, a
 /// FIFO or a device is never opened at all; then `O_NOFOLLOW |
 /// O_NONBLOCK` and `fstat`, so one swapped in meanwhile is refused too

@@ -203,16 +203,6 @@ impl TurnServer {
     }
 }
 
-/// The first line of a credentials file, trimmed.
-pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let line = text.lines().next().unwrap_or("").trim().to_string();
-    if line.is_empty() {
-        return Err(format!("{}: empty", path.display()));
-    }
-    Ok(line)
-}
-
 /// Username and password for coturn's `use-auth-secret` (the TURN REST API
 /// draft): valid until `expires` (Unix seconds).
 pub fn rest_credentials(secret: &str, user: &str, expires: u64) -> (String, String) {

@@ -74,16 +74,6 @@ pub struct ControlConfig {
     pub turn: crate::turn::TurnMonitor,
 }
 
-/// Reads `-auth-token-file`: the token is the file's first line, trimmed.
-pub fn load_token(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.is_empty() {
-        return Err(format!("{}: empty token", path.display()));
-    }
-    Ok(token)
-}
-
 /// `-cors-origin` as a list (comma separated).
 pub fn parse_origins(text: &str) -> Vec<String> {
     text.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect()
@@ -739,9 +729,9 @@ fn recording_reply(result: Result<crate::recorder::RecordingStatus, RecorderErro
     }
 }
 
-/// Equal-time comparison, so the token cannot be guessed byte by byte from
-/// response times.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Equal-time comparison, so a token or password cannot be guessed byte by
+/// byte from response times.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -12,7 +12,7 @@
 //! blocking-pool thread); more get 503.
 
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -114,8 +114,7 @@ impl RecordingRoutes {
             Ok(opened) => opened,
             Err(e) => return error_reply(&e),
         };
-        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-        let etag = format!("\"{:x}-{:x}-{:x}\"", meta.ino(), meta.len(), mtime_ns);
+        let etag = crate::recordings::raw_etag(&meta);
         let file = Arc::new(file);
         let headers = [("Content-Disposition", format!("attachment; filename=\"{name}\""))];
         self.ranged(head, meta.len(), &etag, "application/octet-stream", headers, move |offset, buf| {

@@ -29,9 +29,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-/// Ticks per second of every duration here (the 90 kHz video clock of the
-/// fMP4 track).
-pub const TIMESCALE: u64 = 90_000;
+/// Ticks per second of every duration here: the fMP4 track's clock.
+pub const TIMESCALE: u64 = crate::mp4::TIMESCALE as u64;
 
 /// One part (a `moof`+`mdat` fragment of ~200 ms).
 #[derive(Clone, Debug)]

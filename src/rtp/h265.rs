@@ -29,9 +29,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::h265::{is_irap, nal_type, nal_unit_type, nuh_layer_id, nuh_temporal_id_plus1};
 
-/// RTP payload budget: 1200 bytes of RTP packet minus the 12-byte header,
-/// the same as the H.264 packetizer's.
-pub const MAX_PAYLOAD: usize = 1200 - 12;
+pub use super::MAX_PAYLOAD;
 
 /// Payload header (2) + FU header (1).
 const FU_OVERHEAD: usize = 3;

@@ -5,6 +5,8 @@
 use base64::Engine;
 use md5::{Digest, Md5};
 
+use crate::control::constant_time_eq;
+
 /// The realm in challenges.
 pub const REALM: &str = "streaming-server";
 
@@ -117,7 +119,7 @@ pub fn digest_response(user: &str, pass: &str, method: &str, uri: &str, nonce: &
 }
 
 fn md5_hex(text: &str) -> String {
-    Md5::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::random::hex(&Md5::digest(text.as_bytes()))
 }
 
 /// `name="value", name=value, ...` of a Digest header (quoted values may
@@ -146,14 +148,6 @@ fn digest_params(text: &str) -> Vec<(String, String)> {
         }
     }
     params
-}
-
-/// Equal-time comparison: a password must not be guessable byte by byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

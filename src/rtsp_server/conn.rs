@@ -474,7 +474,7 @@ impl Conn {
             log::warn!("rtsp: {MAX_SESSIONS} sessions already; refusing {}", self.peer);
             return Err(Reply::new(StatusCode::ServiceUnavailable).header(headers::RETRY_AFTER, "5"));
         }
-        let ssrc = super::random_u32();
+        let ssrc = crate::random::random_u32();
         let (transport, answer) = match choice {
             Chosen::Tcp(rtp_channel, rtcp_channel) => (
                 Transport::Tcp { rtp_channel, rtcp_channel },

@@ -387,26 +387,7 @@ fn short(id: &str) -> &str {
 /// 64 random bits from the OS as 16 hex digits: session ids are
 /// capabilities (TEARDOWN, keep-alives), nonces must not repeat.
 fn random_hex() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom(&mut bytes).is_err() {
-        // No /dev/urandom (never on the boards): std's per-process keys.
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
-        );
-        bytes = hasher.finish().to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn getrandom(bytes: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(bytes)
-}
-
-fn random_u32() -> u32 {
-    u32::from_str_radix(&random_hex()[..8], 16).unwrap_or(0x5eed_4321)
+    crate::random::hex(&crate::random::random_bytes::<8>())
 }
 
 /// `-rtsp-session-timeout`: `60s`, `2m`; at least 5 s.

@@ -20,10 +20,10 @@ use crate::hub::{Queued, StartAt, SubscribeOptions, Subscription};
 use crate::metrics::StreamMetrics;
 use crate::rtp::PacketizedAu;
 
-/// Pause between catch-up frames (the GOP cache) on UDP: a second of
-/// bitrate back to back overflows a receiver's socket buffer, as it did for
-/// WebRTC viewers. TCP needs none: the connection paces itself.
-const UDP_CATCHUP_PACE: Duration = Duration::from_millis(2);
+// Pause between catch-up frames (the GOP cache) on UDP, as for WebRTC
+// viewers: a second of bitrate back to back overflows a receiver's socket
+// buffer. TCP needs none: the connection paces itself.
+use crate::webrtc::peer::CATCHUP_PACE as UDP_CATCHUP_PACE;
 
 /// RTP header state of one session.
 #[derive(Debug)]
@@ -47,8 +47,8 @@ impl RtpSender {
         RtpSender {
             ssrc,
             payload_type: super::sdp::PAYLOAD_TYPE,
-            seq: super::random_u32() as u16,
-            offset: super::random_u32(),
+            seq: crate::random::random_u32() as u16,
+            offset: crate::random::random_u32(),
             packets: 0,
             octets: 0,
             last: None,

@@ -305,10 +305,7 @@ async fn run_rtsp_source(config: &crate::config::RtspSourceConfig, stream: &Stre
             (width, height) = (i32::try_from(w).unwrap_or(0), i32::try_from(h).unwrap_or(0));
             status.attached.store(true, Ordering::Relaxed);
             metrics.camera_attached.set(1);
-            codec = match sent {
-                rtsp::VideoCodec::H264 => Codec::H264,
-                rtsp::VideoCodec::H265 => Codec::H265,
-            };
+            codec = sent;
             log::info!(
                 "{name}: RTSP {codec} {w}x{h}{} over {transport}",
                 fps.map(|f| format!(" at {f:.1} fps")).unwrap_or_default()

@@ -162,20 +162,8 @@ impl fmt::Debug for RtspConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VideoCodec {
-    H264,
-    H265,
-}
-
-impl fmt::Display for VideoCodec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            VideoCodec::H264 => "H.264",
-            VideoCodec::H265 => "H.265",
-        })
-    }
-}
+/// The camera's video codec, by its SDP encoding name.
+pub use crate::codec::Codec as VideoCodec;
 
 /// What [`run`] reports (module doc for the order).
 #[derive(Clone, Debug, PartialEq)]

@@ -343,15 +343,6 @@ fn choose_h265(sections: &[Section], camera: &crate::codec::h265::SpsInfo) -> Re
     Err(NegotiationError::NoCompatibleCodec(reasons.join("; ")))
 }
 
-/// Rewrites the answer's video section for `choice`: the `m=` line lists
-/// only the payload type sent, and its `a=fmtp` describes the stream. Other
-/// lines of that payload type (`rtpmap`, `rtcp-fb`) are kept; lines of other
-/// payload types are dropped.
-///
-/// It also moves our ICE candidates out of a rejected section: `rtc` 0.21
-/// writes them into the first `m=` section even when that one is rejected
-/// (port 0, e.g. the audio a Firefox or Safari offer puts first), where a
-/// browser ignores them.
 /// The id an SDP gives a header extension (`a=extmap:ID[/direction] URI`).
 pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
     sdp.lines().filter_map(|l| l.trim().strip_prefix("a=extmap:")).find_map(|rest| {
@@ -361,6 +352,15 @@ pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
     })
 }
 
+/// Rewrites the answer's video section for `choice`: the `m=` line lists
+/// only the payload type sent, and its `a=fmtp` describes the stream. Other
+/// lines of that payload type (`rtpmap`, `rtcp-fb`) are kept; lines of other
+/// payload types are dropped.
+///
+/// It also moves our ICE candidates out of a rejected section: `rtc` 0.21
+/// writes them into the first `m=` section even when that one is rejected
+/// (port 0, e.g. the audio a Firefox or Safari offer puts first), where a
+/// browser ignores them.
 pub fn finish_answer(answer: &str, choice: &Choice) -> String {
     let answer = move_candidates_to_active_section(answer);
     let pt = choice.payload_type.to_string();
