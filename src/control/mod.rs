@@ -304,10 +304,24 @@ pub struct Control {
     recordings: Arc<RecordingRoutes>,
 }
 
-/// Counts an offer in flight for its lifetime.
-struct OfferSlot(Arc<AtomicUsize>);
+/// One of a limited number of slots (offers being negotiated, recordings
+/// being streamed), held for the work's lifetime and freed on drop.
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
-impl Drop for OfferSlot {
+impl Slot {
+    /// A slot of `counter` if fewer than `max` are taken; otherwise a 503
+    /// saying `busy`, with `Retry-After: retry_after`.
+    pub(crate) fn take(counter: &Arc<AtomicUsize>, max: usize, busy: &str, retry_after: &str) -> Result<Slot, Reply> {
+        let taken = counter.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(counter.clone());
+        if taken >= max {
+            return Err(Reply::error(503, busy).header("Retry-After", retry_after));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -501,13 +515,8 @@ impl Control {
     }
 
     /// Takes an offer slot, or answers 503.
-    fn offer_slot(&self) -> Result<OfferSlot, Reply> {
-        let taken = self.offers_in_flight.fetch_add(1, Ordering::SeqCst);
-        let slot = OfferSlot(self.offers_in_flight.clone());
-        if taken >= MAX_OFFERS_IN_FLIGHT {
-            return Err(Reply::error(503, "too many offers being negotiated").header("Retry-After", "1"));
-        }
-        Ok(slot)
+    fn offer_slot(&self) -> Result<Slot, Reply> {
+        Slot::take(&self.offers_in_flight, MAX_OFFERS_IN_FLIGHT, "too many offers being negotiated", "1")
     }
 
     async fn offer(&self, path: &Arc<Path>, request: &Request) -> Reply {

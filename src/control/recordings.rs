@@ -13,7 +13,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,15 +37,6 @@ pub static RECORDINGS_PAGE: &str = include_str!("../../assets/recordings.html");
 pub struct RecordingRoutes {
     pub recordings: Arc<Recordings>,
     streams: Arc<AtomicUsize>,
-}
-
-/// Counts a streaming body for its lifetime.
-struct StreamSlot(Arc<AtomicUsize>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 fn error_reply(error: &RecordingsError) -> Reply {
@@ -118,7 +109,7 @@ impl RecordingRoutes {
         let file = Arc::new(file);
         let headers = [("Content-Disposition", format!("attachment; filename=\"{name}\""))];
         self.ranged(head, meta.len(), &etag, "application/octet-stream", headers, move |offset, buf| {
-            file.read_at(buf, offset)
+            file.read_exact_at(buf, offset)
         })
     }
 
@@ -137,14 +128,14 @@ impl RecordingRoutes {
         let mut reader = mp4.layout.clone().shared_reader(file);
         self.ranged(head, length, &mp4.etag, "video/mp4", headers, move |offset, buf| {
             reader.seek(SeekFrom::Start(offset))?;
-            reader.read(buf)
+            reader.read_exact(buf)
         })
     }
 
     /// A body of `length` bytes with validators and ranges: 304 for a
     /// matching `If-None-Match`, 206 for a satisfiable `Range` (unless an
     /// `If-Range` names another version), 416 for one past the end, else
-    /// 200. `read(offset, buf)` fills `buf` from `offset` (0 only at the end).
+    /// 200. `read(offset, buf)` fills all of `buf` from `offset`.
     fn ranged<const N: usize>(
         &self,
         head: &Head,
@@ -152,7 +143,7 @@ impl RecordingRoutes {
         etag: &str,
         content_type: &str,
         headers: [(&str, String); N],
-        read: impl FnMut(u64, &mut [u8]) -> io::Result<usize> + Send + 'static,
+        read: impl FnMut(u64, &mut [u8]) -> io::Result<()> + Send + 'static,
     ) -> Reply {
         let with_headers = |mut reply: Reply| {
             for (name, value) in &headers {
@@ -196,41 +187,27 @@ impl RecordingRoutes {
         &self,
         start: u64,
         end: u64,
-        mut read: impl FnMut(u64, &mut [u8]) -> io::Result<usize> + Send + 'static,
+        mut read: impl FnMut(u64, &mut [u8]) -> io::Result<()> + Send + 'static,
     ) -> Result<Body, Reply> {
-        let taken = self.streams.fetch_add(1, Ordering::SeqCst);
-        let slot = StreamSlot(self.streams.clone());
-        if taken >= MAX_STREAMS {
-            return Err(Reply::error(503, "too many recordings being downloaded").header("Retry-After", "2"));
-        }
+        let slot = super::Slot::take(&self.streams, MAX_STREAMS, "too many recordings being downloaded", "2")?;
         let (sender, chunks) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let mut at = start;
             while at < end {
                 let mut buf = vec![0u8; (end - at).min(CHUNK as u64) as usize];
-                let mut filled = 0;
-                let result = loop {
-                    match read(at + filled as u64, &mut buf[filled..]) {
-                        Ok(0) => break Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file got shorter")),
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                    if filled == buf.len() {
-                        break Ok(());
-                    }
-                };
-                let chunk = result.map(|()| Bytes::from(buf));
+                let filled = buf.len() as u64;
+                // An early end of file means the file got shorter.
+                let chunk = read(at, &mut buf).map(|()| Bytes::from(buf));
                 let failed = chunk.is_err();
                 if let Err(e) = &chunk {
-                    log::warn!("recordings: read failed at byte {}: {e}", at + filled as u64);
+                    log::warn!("recordings: read of bytes {at}..{} failed: {e}", at + filled);
                 }
                 // Fails when the client went away: stop reading.
                 if sender.blocking_send(chunk).is_err() || failed {
                     return;
                 }
-                at += filled as u64;
+                at += filled;
             }
         });
         Ok(Body::Stream { length: end - start, chunks })
