@@ -98,15 +98,7 @@ fn run_fake_camera(args: &FakeCameraArgs) -> Result<(), String> {
 
 fn run_load_client(args: &LoadClientArgs) -> Result<(), String> {
     let token = match &args.auth_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        ),
+        Some(path) => Some(config::read_secret_file(path)?),
         None => None,
     };
     let options = load_client::LoadOptions {
@@ -189,12 +181,14 @@ fn serve(args: &Args) -> Result<(), String> {
     let turn = TurnMonitor::new(
         webrtc_config.turn.iter().cloned().chain(loaded.paths.iter().flat_map(|c| c.turn.iter().flatten().cloned())),
     );
+    let auth_token = args.auth_token_file.as_deref().map(config::read_secret_file).transpose()?;
     let hls_config = streaming_server::hls::HlsConfig {
         close_after: recorder::parse_duration(&args.hls_close_after)?.ok_or("-hls-close-after must be at least 1s")?,
+        token_query: auth_token.as_deref().map(streaming_server::hls::token_query).unwrap_or_default(),
         ..Default::default()
     };
     let paths = Arc::new(Paths::new(loaded.paths, &metrics, &webrtc_config, hls_config, runtime.handle(), &shutdown)?);
-    let listeners = start_listeners(args, &metrics, &paths, &health, &turn, &shutdown, runtime.handle())?;
+    let listeners = start_listeners(args, auth_token, &metrics, &paths, &health, &turn, &shutdown, runtime.handle())?;
     let rtsp = start_rtsp(args, &loaded.rtsp, &metrics, &paths, &shutdown, runtime.handle())?;
 
     let sources = TaskSet::new();
@@ -352,8 +346,10 @@ fn publish_flags(args: &Args) -> Result<Vec<streaming_server::publish::PublishCo
 
 /// Binds `-http`, `-metrics` and `-pprof` (an empty address turns the last
 /// two off) and registers the process metrics. A bind error names the flag.
+#[allow(clippy::too_many_arguments)]
 fn start_listeners(
     args: &Args,
+    auth_token: Option<String>,
     metrics: &Arc<Metrics>,
     paths: &Arc<Paths>,
     health: &Arc<Health>,
@@ -361,7 +357,6 @@ fn start_listeners(
     shutdown: &shutdown::Shutdown,
     runtime: &tokio::runtime::Handle,
 ) -> Result<Vec<streaming_server::http::Listener>, String> {
-    let auth_token = args.auth_token_file.as_deref().map(config::read_secret_file).transpose()?;
     let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
     let limits = streaming_server::http::Limits::with_timeout(timeout, control::MAX_CONNECTIONS);
     let config = control::ControlConfig {

@@ -134,7 +134,7 @@ impl Paths {
                 },
                 stream.clone(),
             );
-            let hls = Hls::new(stream.clone(), hls, runtime.clone(), shutdown.clone());
+            let hls = Hls::new(stream.clone(), hls.clone(), runtime.clone(), shutdown.clone());
             list.push(Arc::new(Path { config, stream, viewers, recorder, publishers, hls }));
         }
         if list.is_empty() {

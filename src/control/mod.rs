@@ -446,13 +446,10 @@ impl Control {
                 return hls_error(&error);
             }
         };
-        let uri_query = match (&self.config.auth_token, query_token(head)) {
-            (Some(_), Some(token)) => {
-                format!("?token={}", percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC))
-            }
-            _ => String::new(),
-        };
-        match path.hls.playlist(&query, &uri_query).await {
+        // The token was checked: it is the server's, which the published
+        // playlist with the token carries.
+        let with_token = self.config.auth_token.is_some() && query_token(head).is_some();
+        match path.hls.playlist(&query, with_token).await {
             Ok(text) => Reply::new(200, "application/vnd.apple.mpegurl", text).header("Cache-Control", "no-cache"),
             Err(error) => hls_error(&error),
         }

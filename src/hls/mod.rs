@@ -62,17 +62,26 @@ pub const HOLD_TARGET_DURATIONS: u32 = 3;
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 /// How HLS behaves (`-hls-close-after`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HlsConfig {
     /// The muxer stops this long after the last request.
     pub close_after: Duration,
     pub limits: WindowLimits,
+    /// `?token=...` ([`token_query`]) when the server has an auth token:
+    /// playlists are also published with it in every URI, for players that
+    /// cannot send headers. Empty otherwise.
+    pub token_query: String,
 }
 
 impl Default for HlsConfig {
     fn default() -> HlsConfig {
-        HlsConfig { close_after: Duration::from_secs(30), limits: WindowLimits::default() }
+        HlsConfig { close_after: Duration::from_secs(30), limits: WindowLimits::default(), token_query: String::new() }
     }
+}
+
+/// `?token=TOKEN`, percent-encoded, for the URIs of a playlist.
+pub fn token_query(token: &str) -> String {
+    format!("?token={}", percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC))
 }
 
 /// Why an HLS request got no media; the control plane picks the status.
@@ -172,6 +181,10 @@ pub struct Published {
     pub playlist: Option<Bytes>,
     /// The delta update (`_HLS_skip=YES`).
     pub delta: Option<Bytes>,
+    /// Both again with [`HlsConfig::token_query`] in every URI (None
+    /// without a token).
+    pub playlist_with_token: Option<Bytes>,
+    pub delta_with_token: Option<Bytes>,
     pub position: Position,
     /// The Advance Part Limit.
     pub part_limit: u32,
@@ -269,9 +282,9 @@ impl Hls {
     }
 
     /// The media playlist, once the request's `_HLS_msn`/`_HLS_part` are
-    /// satisfied (RFC 8216bis 6.2.5.2). `uri_query` (`""` or
-    /// `?token=...`) is added to every URI in it.
-    pub async fn playlist(&self, query: &PlaylistQuery, uri_query: &str) -> Result<Bytes, HlsError> {
+    /// satisfied (RFC 8216bis 6.2.5.2); `with_token`: the one with
+    /// [`HlsConfig::token_query`] in every URI.
+    pub async fn playlist(&self, query: &PlaylistQuery, with_token: bool) -> Result<Bytes, HlsError> {
         let metrics = &self.inner.stream.metrics;
         metrics.hls_request(if query.msn.is_some() { "blocking_playlist" } else { "playlist" });
         let mut published = self.inner.published.subscribe();
@@ -298,13 +311,13 @@ impl Hls {
             }
         };
         let result = result.and_then(|now| {
-            if uri_query.is_empty() {
-                let text = if query.skip { &now.delta } else { &now.playlist };
-                return text.clone().ok_or(HlsError::NotReady);
-            }
-            // A token in the URIs: rendered for this request alone.
-            let window = lock(&self.inner.window);
-            playlist::render(&window, query.skip, uri_query).map(Bytes::from).ok_or(HlsError::NotReady)
+            let text = match (with_token, query.skip) {
+                (false, false) => &now.playlist,
+                (false, true) => &now.delta,
+                (true, false) => &now.playlist_with_token,
+                (true, true) => &now.delta_with_token,
+            };
+            text.clone().ok_or(HlsError::NotReady)
         });
         self.count_error(&result);
         result
@@ -462,9 +475,13 @@ impl Inner {
         if !made_part && window.position() == self.published.borrow().position {
             return;
         }
+        let token = &self.config.token_query;
+        let with_token = |skip| (!token.is_empty()).then(|| playlist::render(&window, skip, token)).flatten();
         let published = Published {
             playlist: playlist::render(&window, false, "").map(Bytes::from),
             delta: playlist::render(&window, true, "").map(Bytes::from),
+            playlist_with_token: with_token(false).map(Bytes::from),
+            delta_with_token: with_token(true).map(Bytes::from),
             position: window.position(),
             part_limit: advance_part_limit(window.part_target()),
             target_duration: window.target_duration(),
