@@ -241,20 +241,8 @@ impl Session<'_> {
         pc.set_remote_description(answer).await.map_err(|e| format!("the endpoint's answer: {e}"))?;
         let sender = transceiver.sender().await.ok().flatten().ok_or("no sender")?;
         let dtls = sender.transport().await.ok().flatten();
-        let (payload_type, abs_capture_id) = match sender.get_parameters().await {
-            Ok(parameters) => {
-                let rtp = &parameters.rtp_parameters;
-                let uri = crate::webrtc::ABS_CAPTURE_TIME_URI;
-                let id = rtp.header_extensions.iter().find(|e| e.uri == uri).map(|e| e.id);
-                (rtp.codecs.first().map_or(OFFER_PAYLOAD_TYPE, |c| c.payload_type), id)
-            }
-            Err(_) => (OFFER_PAYLOAD_TYPE, None),
-        };
-        // Sent only with an id the answer has too, in a one-byte header.
-        let abs_capture_id =
-            abs_capture_id.and_then(|id| u8::try_from(id).ok()).filter(|id| (1..=14).contains(id)).filter(|id| {
-                crate::webrtc::negotiate::extmap_id(&answer_sdp, crate::webrtc::ABS_CAPTURE_TIME_URI) == Some(*id)
-            });
+        let (payload_type, abs_capture_id) =
+            peer::sent_parameters(sender.as_ref(), &answer_sdp, OFFER_PAYLOAD_TYPE).await;
         Ok(Some(Negotiated { payload_type, abs_capture_id, dtls }))
     }
 

@@ -445,6 +445,30 @@ pub(crate) struct Sent {
     pub bytes: usize,
 }
 
+/// The payload type `sender` sends (`default` if it cannot say) and the
+/// abs-capture-time extension id to put on packets: only one the `answer`
+/// SDP gives the other side too, and that fits a one-byte header (1..=14);
+/// otherwise none, and the extension is not sent.
+pub(crate) async fn sent_parameters(
+    sender: &dyn webrtc::rtp_transceiver::RtpSender,
+    answer: &str,
+    default: u8,
+) -> (u8, Option<u8>) {
+    let (payload_type, id) = match sender.get_parameters().await {
+        Ok(parameters) => {
+            let rtp = &parameters.rtp_parameters;
+            let id = rtp.header_extensions.iter().find(|e| e.uri == super::ABS_CAPTURE_TIME_URI).map(|e| e.id);
+            (rtp.codecs.first().map_or(default, |c| c.payload_type), id)
+        }
+        Err(_) => (default, None),
+    };
+    let id = id
+        .and_then(|id| u8::try_from(id).ok())
+        .filter(|id| (1..=14).contains(id))
+        .filter(|id| super::negotiate::extmap_id(answer, super::ABS_CAPTURE_TIME_URI) == Some(*id));
+    (payload_type, id)
+}
+
 /// Writes one frame: the shared payloads with this connection's headers
 /// (`stamp`), in batches of up to [`WRITE_BATCH_PACKETS`] (one driver event,
 /// one channel send and one lock of the peer connection each instead of one

@@ -75,20 +75,7 @@ async fn negotiate(
         OfferError::BadSdp(format!("the offer cannot be answered: {e}"))
     })?;
     let dtls = sender.transport().await.ok().flatten();
-    let (payload_type, abs_capture_id) = match sender.get_parameters().await {
-        Ok(parameters) => {
-            let rtp = &parameters.rtp_parameters;
-            let id = rtp.header_extensions.iter().find(|e| e.uri == super::ABS_CAPTURE_TIME_URI).map(|e| e.id);
-            (rtp.codecs.first().map_or(choice.payload_type, |c| c.payload_type), id)
-        }
-        Err(_) => (choice.payload_type, None),
-    };
-    // The id the sender accepts must be the one the answer tells the viewer,
-    // and fit a one-byte header (1..=14); otherwise the extension is not sent.
-    let abs_capture_id = abs_capture_id
-        .and_then(|id| u8::try_from(id).ok())
-        .filter(|id| (1..=14).contains(id))
-        .filter(|id| negotiate::extmap_id(&answer, super::ABS_CAPTURE_TIME_URI) == Some(*id));
+    let (payload_type, abs_capture_id) = peer::sent_parameters(sender.as_ref(), &answer, choice.payload_type).await;
     Ok(Negotiated { track, payload_type, ssrc, abs_capture_id, dtls, answer })
 }
 
