@@ -112,14 +112,8 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{user}:***@{host}{slash}{tail}")
 }
 
-/// Recording settings of a path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordConfig {
-    pub dir: PathBuf,
-    pub segment: Option<Duration>,
-    pub max_bytes: Option<u64>,
-    pub min_free: Option<u64>,
-}
+/// Recording settings of a path: the recorder's own.
+pub use crate::recorder::RecorderConfig as RecordConfig;
 
 /// One path, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]

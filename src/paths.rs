@@ -19,7 +19,7 @@ use crate::health::Health;
 use crate::hls::{Hls, HlsConfig};
 use crate::metrics::Metrics;
 use crate::publish::Publishers;
-use crate::recorder::{Recorder, RecorderConfig};
+use crate::recorder::Recorder;
 use crate::shutdown::Shutdown;
 use crate::stream::Stream;
 use crate::tasks::TaskSet;
@@ -124,16 +124,7 @@ impl Paths {
             }
             let viewers = Viewers::new(viewer_config.clone(), stream.clone(), shutdown.clone(), runtime.clone())?;
             let publishers = Publishers::new(config.publish.clone(), stream.clone(), viewer_config);
-            let record = &config.record;
-            let recorder = Recorder::with_config(
-                RecorderConfig {
-                    dir: record.dir.clone(),
-                    segment: record.segment,
-                    max_bytes: record.max_bytes,
-                    min_free: record.min_free,
-                },
-                stream.clone(),
-            );
+            let recorder = Recorder::with_config(config.record.clone(), stream.clone());
             let hls = Hls::new(stream.clone(), hls.clone(), runtime.clone(), shutdown.clone());
             list.push(Arc::new(Path { config, stream, viewers, recorder, publishers, hls }));
         }

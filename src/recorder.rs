@@ -137,7 +137,7 @@ impl std::fmt::Display for RecorderError {
 }
 
 /// Where and how recordings are written.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecorderConfig {
     /// Directory for the files (created on the first start).
     pub dir: PathBuf,
