@@ -432,6 +432,7 @@ fn sum_some(values: impl Iterator<Item = Option<u64>>) -> Option<u64> {
     values.flatten().reduce(|a, b| a + b)
 }
 
+/// The `p` quantile (0..=1) of `sorted` values, nearest rank.
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use super::percentile;
+
 /// A part as the playlist lists it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlaylistPart {
@@ -202,10 +204,6 @@ pub struct HlsClientReport {
     pub latency_p99_ms: Option<f64>,
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    (!sorted.is_empty()).then(|| sorted[((sorted.len() - 1) as f64 * p).round() as usize])
 }
 
 /// Where the playlist is (`.../index.m3u8`) and how to ask.
