@@ -25,6 +25,8 @@ use bytes::Bytes;
 
 use super::clock::CaptureClock;
 use super::{GapReason, SourceEvent, Transport, VideoCodec};
+use crate::codec::annexb::NalUnits;
+use crate::codec::{h264, h265};
 
 /// What a session knows about the stream's parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -179,58 +181,30 @@ impl Gate {
     }
 }
 
-/// NAL unit type of the NAL whose header starts at `data[at]`.
-fn nal_type(codec: VideoCodec, header: u8) -> u8 {
-    match codec {
-        VideoCodec::H264 => header & 0x1f,
-        VideoCodec::H265 => (header >> 1) & 0x3f,
-    }
-}
-
-const H264_AUD: u8 = 9;
-const H264_IDR: u8 = 5;
-const H265_AUD: u8 = 35;
-/// IDR_W_RADL, IDR_N_LP. (CRA/BLA are not random access for retina.)
-const H265_IDR: [u8; 2] = [19, 20];
-
-/// Whether the Annex-B access unit has an IDR slice NAL unit.
+/// Whether the Annex-B access unit has an IDR slice NAL unit (H.265:
+/// IDR_W_RADL or IDR_N_LP; CRA/BLA are not random access for retina).
 fn has_idr_slice(codec: VideoCodec, data: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(code) = next_start_code(data, at) {
-        // Skip the start code (3 or 4 bytes) to the NAL header.
-        let header = code + if data.get(code..code + 4) == Some(&[0, 0, 0, 1]) { 4 } else { 3 };
-        match (codec, data.get(header)) {
-            (VideoCodec::H264, Some(&h)) if nal_type(codec, h) == H264_IDR => return true,
-            (VideoCodec::H265, Some(&h)) if H265_IDR.contains(&nal_type(codec, h)) => return true,
-            (_, None) => return false,
-            _ => {}
+    NalUnits::new(data).any(|nal| match codec {
+        VideoCodec::H264 => codec.nal_type(&data[nal]) == h264::nal_type::IDR,
+        VideoCodec::H265 => {
+            matches!(codec.nal_type(&data[nal]), h265::nal_type::IDR_W_RADL | h265::nal_type::IDR_N_LP)
         }
-        at = header;
-    }
-    false
+    })
 }
 
 /// `frame` with `params` (Annex-B) inserted after a leading AUD, or at the
 /// front if there is none. One copy into a buffer of the final size.
 pub fn insert_parameter_sets(codec: VideoCodec, frame: &[u8], params: &[u8]) -> Vec<u8> {
-    let aud = match codec {
-        VideoCodec::H264 => H264_AUD,
-        VideoCodec::H265 => H265_AUD,
+    // The AUD ends where the next start code begins.
+    let split = match NalUnits::new(frame).next() {
+        Some(first) if codec.nal_type(&frame[first.clone()]) == codec.aud() => first.end,
+        _ => 0,
     };
-    let first_is_aud = frame.starts_with(&[0, 0, 0, 1]) && frame.get(4).is_some_and(|&h| nal_type(codec, h) == aud);
-    let split = if first_is_aud { next_start_code(frame, 4).unwrap_or(frame.len()) } else { 0 };
     let mut out = Vec::with_capacity(frame.len() + params.len());
     out.extend_from_slice(&frame[..split]);
     out.extend_from_slice(params);
     out.extend_from_slice(&frame[split..]);
     out
-}
-
-/// Offset of the next start code (`00 00 01`, or `00 00 00 01` from its
-/// first zero) at or after `from`.
-fn next_start_code(data: &[u8], from: usize) -> Option<usize> {
-    let i = data.get(from..)?.windows(3).position(|w| w == [0, 0, 1])? + from;
-    Some(if i > from && data[i - 1] == 0 { i - 1 } else { i })
 }
 
 #[cfg(test)]
