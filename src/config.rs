@@ -75,12 +75,7 @@ impl SourceConfig {
 }
 
 /// How RTP reaches us from an RTSP camera.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RtspTransport {
-    Tcp,
-    Udp,
-    Auto,
-}
+pub use crate::source::rtsp::Transport as RtspTransport;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct RtspSourceConfig {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crate::abi::Layout;
 use crate::clock::{millis_between, monotonic_now};
 use crate::codec::{Codec, Processor, RawFrame};
-use crate::config::{PathConfig, RtspTransport, SourceConfig};
+use crate::config::{PathConfig, SourceConfig};
 use crate::fake_camera::{self, FakeCameraOptions};
 use crate::ratelimit::RateLimiter;
 use crate::shutdown::Shutdown;
@@ -282,11 +282,7 @@ async fn run_rtsp_source(config: &crate::config::RtspSourceConfig, stream: &Stre
     let mut rtsp = rtsp::RtspConfig::new(url);
     rtsp.username.clone_from(&config.user);
     rtsp.password.clone_from(&config.pass);
-    rtsp.transport = match config.transport {
-        RtspTransport::Tcp => rtsp::Transport::Tcp,
-        RtspTransport::Udp => rtsp::Transport::Udp,
-        RtspTransport::Auto => rtsp::Transport::Auto,
-    };
+    rtsp.transport = config.transport;
     let mut feed = Feed::new(stream.clone());
     let status = stream.source.clone();
     let metrics = stream.metrics.clone();
