@@ -20,10 +20,6 @@ use control_support::*;
 use serde_json::Value;
 use streaming_server::codec::Codec;
 
-fn crate_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 fn start(args: &[&str], records: &Path) -> common::Server {
     let mut all = vec!["-http", "127.0.0.1:0", "-metrics", "127.0.0.1:0", "-pprof", "", "-webrtc-ip", "127.0.0.1"];
     all.extend(["-record-path", records.to_str().unwrap()]);
@@ -31,17 +27,14 @@ fn start(args: &[&str], records: &Path) -> common::Server {
     common::Server::start(&all, &["http", "metrics"])
 }
 
-fn path_named(server: &common::Server, name: &str) -> Value {
-    let list = get(&server.url("http", "/paths")).json();
-    list["paths"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap()
-}
-
 fn wait_ready(server: &common::Server, name: &str) -> Value {
     wait_until(Duration::from_secs(20), || {
-        let path = path_named(server, name);
+        let path = control_support::path_named(server, name);
         (path["state"] == "ready" && path["codec"].is_object()).then_some(path)
     })
-    .unwrap_or_else(|| panic!("{name} never ready: {}\n{}", path_named(server, name), server.proc.log()))
+    .unwrap_or_else(|| {
+        panic!("{name} never ready: {}\n{}", control_support::path_named(server, name), server.proc.log())
+    })
 }
 
 /// Runs the load client against `path` offering `codecs`, checking what it
@@ -202,7 +195,7 @@ fn irap_frames_of_half_a_megabyte_and_more_reach_three_viewers_whole() {
 
 #[test]
 fn an_older_daemon_writing_h265_as_format_3_needs_codec_h265_in_the_config() {
-    let clip = crate_file("assets/demo.h265");
+    let clip = common::crate_file("assets/demo.h265");
     let dir = tempfile::tempdir().unwrap();
     let shm = common::unique_shm("h265_fmt3");
     let _camera = common::fake_camera(&shm, &["-fps", "30", "-format", "3", "-file", clip.to_str().unwrap()]);
@@ -225,7 +218,7 @@ fn an_older_daemon_writing_h265_as_format_3_needs_codec_h265_in_the_config() {
         metrics.get(key).copied().filter(|&n| n >= 30.0)
     });
     assert!(refused.is_some(), "no {key}:\n{}", server.proc.log());
-    assert!(path_named(&server, "unset")["codec"].is_null());
+    assert!(control_support::path_named(&server, "unset")["codec"].is_null());
     assert!(server.proc.log().contains("set `codec: h265` for this path"), "{}", server.proc.log());
     let report = load_client(&server, "porch", "h265,h264", &clip, "4");
     assert_byte_exact(&report, "H.265", 2);
@@ -236,7 +229,7 @@ fn an_h265_rtsp_camera_streams_byte_exact_and_records_the_clip() {
     if !have_tool("ffprobe") {
         return;
     }
-    let clip = crate_file("assets/demo.h265");
+    let clip = common::crate_file("assets/demo.h265");
     let rtsp = rtsp_support::Server::start(&["--clip", clip.to_str().unwrap(), "--codec", "h265", "--path", "cam"]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("streams.yml");
@@ -296,8 +289,8 @@ fn a_browser_without_h265_gets_the_fallback_path_or_a_400_naming_both_codecs() {
     assert_eq!(call("DELETE", &server.url("http", &location), &[], None).status, 200);
     // An H.265 browser gets the main stream; an H.264 one the fallback,
     // both byte for byte.
-    let report = load_client(&server, "main", "h265", &crate_file("assets/demo.h265"), "3");
+    let report = load_client(&server, "main", "h265", &common::crate_file("assets/demo.h265"), "3");
     assert_byte_exact(&report, "H.265", 2);
-    let report = load_client(&server, "main", "h264", &crate_file("assets/demo.h264"), "3");
+    let report = load_client(&server, "main", "h264", &common::crate_file("assets/demo.h264"), "3");
     assert_byte_exact(&report, "H.264", 2);
 }

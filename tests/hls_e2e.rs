@@ -13,7 +13,7 @@ mod control_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +22,8 @@ use control_support::*;
 use streaming_server::codec::Codec;
 use streaming_server::load_client::hls::{part_position, MediaPlaylist};
 
-fn crate_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 fn clip(codec: Codec) -> PathBuf {
-    crate_file(if codec == Codec::H264 { "assets/demo.h264" } else { "assets/demo.h265" })
+    common::crate_file(if codec == Codec::H264 { "assets/demo.h264" } else { "assets/demo.h265" })
 }
 
 /// A fake camera playing `codec`'s demo clip and a server reading it.

@@ -45,21 +45,15 @@ fn start(config: &Path, records: &Path) -> common::Server {
     )
 }
 
-fn paths(server: &common::Server) -> Vec<Value> {
-    get(&server.url("http", "/paths")).json()["paths"].as_array().unwrap().clone()
-}
-
-fn path_named(server: &common::Server, name: &str) -> Value {
-    paths(server).into_iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no path {name}"))
-}
-
 /// Waits until `/paths` says `name` is in `state`; returns that entry.
 fn wait_state(server: &common::Server, name: &str, state: &str, timeout: Duration) -> Value {
     wait_until(timeout, || {
-        let path = path_named(server, name);
+        let path = control_support::path_named(server, name);
         (path["state"] == state).then_some(path)
     })
-    .unwrap_or_else(|| panic!("{name} never {state}: {}\n{}", path_named(server, name), server.proc.log()))
+    .unwrap_or_else(|| {
+        panic!("{name} never {state}: {}\n{}", control_support::path_named(server, name), server.proc.log())
+    })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -122,7 +116,7 @@ async fn a_ring_an_rtsp_camera_and_the_demo_stream_record_and_report_side_by_sid
     let listed = get(&server.url("http", "/paths")).text();
     assert!(!listed.contains("s3cret") && !listed.contains("rtsp://"), "credentials or URLs in /paths: {listed}");
     for (name, kind) in [("day", "shm"), ("garage", "rtsp"), ("night", "demo")] {
-        let path = path_named(&server, name);
+        let path = control_support::path_named(&server, name);
         assert_eq!(path["source"], kind, "{path}");
         assert_eq!((path["width"].as_u64(), path["height"].as_u64()), (Some(640), Some(360)), "{path}");
         assert_eq!(path["codec"]["name"], "H.264", "{path}");
@@ -197,7 +191,7 @@ async fn rtsp_faults_show_in_paths_and_never_disturb_the_other_paths() {
 
     // The camera restarts: the path recovers by itself, a viewer resumes at
     // the next IDR; the other paths never notice.
-    let cam_before = path_named(&server, "cam")["frames_read"].as_u64().unwrap();
+    let cam_before = control_support::path_named(&server, "cam")["frames_read"].as_u64().unwrap();
     let viewer = Client::new(CHROME_H264).await;
     let url = server.url("http", "/live/offer");
     let body = serde_json::json!({"type": "offer", "sdp": viewer.offer}).to_string();
@@ -207,8 +201,10 @@ async fn rtsp_faults_show_in_paths_and_never_disturb_the_other_paths() {
     assert_eq!(viewer.frames(30, Duration::from_secs(10)).await.len(), 30);
     good.kill();
     let down = Instant::now();
-    wait_until(Duration::from_secs(10), || (path_named(&server, "live")["state"] != "ready").then_some(()))
-        .expect("the restart never showed");
+    wait_until(Duration::from_secs(10), || {
+        (control_support::path_named(&server, "live")["state"] != "ready").then_some(())
+    })
+    .expect("the restart never showed");
     let _restarted = rtsp_support::Server::start(&["--clip", clip, "--path", "live", "--port", &port.to_string()]);
     wait_state(&server, "live", "ready", Duration::from_secs(15));
     eprintln!("RTSP camera back to ready {:?} after it died", down.elapsed());
@@ -218,9 +214,9 @@ async fn rtsp_faults_show_in_paths_and_never_disturb_the_other_paths() {
     assert_eq!(resumed.len(), 40, "the viewer resumed");
     assert!(resumed.iter().any(|f| f.nals.iter().any(|n| n[0] & 0x1f == 5)), "the viewer got an IDR after the restart");
     viewer.close().await;
-    let cam_after = path_named(&server, "cam")["frames_read"].as_u64().unwrap();
+    let cam_after = control_support::path_named(&server, "cam")["frames_read"].as_u64().unwrap();
     assert!(cam_after > cam_before + 100, "the demo path kept streaming: {cam_before} -> {cam_after}");
-    assert_eq!(path_named(&server, "cam")["state"], "ready");
+    assert_eq!(control_support::path_named(&server, "cam")["state"], "ready");
 
     // A wrong password is retried slowly: one warning, no flood.
     let log = server.proc.log();
@@ -257,9 +253,9 @@ async fn an_on_demand_path_connects_only_while_someone_watches() {
     let server = start(&config, &dir.path().join("rec"));
     wait_state(&server, "cam", "ready", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(path_named(&server, "lazy")["state"], "on_demand_idle");
+    assert_eq!(control_support::path_named(&server, "lazy")["state"], "on_demand_idle");
     assert_eq!(connections_to(rtsp.port), 0, "no connection to the camera while nobody watches");
-    assert_eq!(path_named(&server, "lazy")["frames_read"], 0);
+    assert_eq!(control_support::path_named(&server, "lazy")["frames_read"], 0);
 
     // A viewer arrives: the offer waits for the source, then plays.
     let asked = Instant::now();
@@ -273,7 +269,7 @@ async fn an_on_demand_path_connects_only_while_someone_watches() {
     assert_eq!(post(&server.url("http", "/lazy/start"), b"").status, 200);
     wait_state(&server, "lazy", "ready", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(path_named(&server, "lazy")["state"], "ready", "still open while recording");
+    assert_eq!(control_support::path_named(&server, "lazy")["state"], "ready", "still open while recording");
     let stopped = post(&server.url("http", "/lazy/stop"), b"");
     assert_eq!(stopped.status, 200, "{}", stopped.text());
     assert!(stopped.json()["status"]["frame_count"].as_u64().unwrap() > 30, "{}", stopped.text());

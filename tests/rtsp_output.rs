@@ -33,18 +33,11 @@ fn rtsp_url(server: &common::Server, path: &str) -> String {
     format!("rtsp://{}/{path}", server.addrs["rtsp"])
 }
 
-fn crate_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn path_named(server: &common::Server, name: &str) -> Value {
-    let list = get(&server.url("http", "/paths")).json();
-    list["paths"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap()
-}
-
 fn wait_ready(server: &common::Server, name: &str) {
-    wait_until(Duration::from_secs(20), || (path_named(server, name)["state"] == "ready").then_some(()))
-        .unwrap_or_else(|| panic!("{name} never ready:\n{}", server.proc.log()));
+    wait_until(Duration::from_secs(20), || {
+        (control_support::path_named(server, name)["state"] == "ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{name} never ready:\n{}", server.proc.log()));
 }
 
 fn metrics(server: &common::Server) -> HashMap<String, f64> {
@@ -124,8 +117,10 @@ fn ffmpeg_over_tcp_and_udp_receives_the_h264_clip_byte_for_byte() {
     // 8 s of a ~0.5 Mbit/s clip to two clients, headers included.
     assert!(m["streaming_path_rtsp_bytes_sent_total{path=\"cam\"}"] >= 400_000.0, "{m:?}");
     // Both clients said TEARDOWN: nobody is left playing.
-    wait_until(Duration::from_secs(5), || (path_named(&server, "cam")["rtsp_clients"] == 0).then_some(()))
-        .expect("rtsp_clients back to 0");
+    wait_until(Duration::from_secs(5), || {
+        (control_support::path_named(&server, "cam")["rtsp_clients"] == 0).then_some(())
+    })
+    .expect("rtsp_clients back to 0");
 }
 
 #[test]
@@ -149,7 +144,8 @@ fn h265_over_tcp_and_udp_is_the_clip_with_vps_sps_pps_in_the_sdp() {
     for transport in ["tcp", "udp"] {
         let file = dir.path().join(format!("{transport}.h265"));
         finish(ffmpeg_pull(&url, transport, Codec::H265, "4", &file), &format!("ffmpeg over {transport}"));
-        let units = assert_is_the_clip(Codec::H265, &std::fs::read(&file).unwrap(), &crate_file("assets/demo.h265"));
+        let units =
+            assert_is_the_clip(Codec::H265, &std::fs::read(&file).unwrap(), &common::crate_file("assets/demo.h265"));
         assert!(units >= 90, "{transport}: {units} access units");
     }
     if have_tool("gst-launch-1.0") {
@@ -157,7 +153,7 @@ fn h265_over_tcp_and_udp_is_the_clip_with_vps_sps_pps_in_the_sdp() {
         let log = gstreamer_pull(&url, "tcp", Codec::H265, &[], 5, &file);
         let received = std::fs::read(&file).unwrap_or_default();
         assert!(!received.is_empty(), "GStreamer wrote nothing:\n{log}");
-        let units = assert_is_the_clip(Codec::H265, &received, &crate_file("assets/demo.h265"));
+        let units = assert_is_the_clip(Codec::H265, &received, &common::crate_file("assets/demo.h265"));
         assert!(units >= 60, "GStreamer: {units} access units\n{log}");
     }
 }
@@ -225,10 +221,10 @@ fn ten_clients_at_once_each_get_the_whole_clip_and_show_in_paths() {
         })
         .collect();
     let all_playing = wait_until(Duration::from_secs(15), || {
-        let path = path_named(&server, "cam");
+        let path = control_support::path_named(&server, "cam");
         (path["rtsp_clients"] == 10).then_some(path)
     });
-    assert!(all_playing.is_some(), "never 10 RTSP clients in /paths: {}", path_named(&server, "cam"));
+    assert!(all_playing.is_some(), "never 10 RTSP clients in /paths: {}", control_support::path_named(&server, "cam"));
     let m = metrics(&server);
     assert_eq!(m["streaming_path_rtsp_clients{path=\"cam\"}"], 10.0);
     for (file, child) in clients {
@@ -401,8 +397,10 @@ fn a_tcp_client_that_stops_reading_is_dropped_without_stalling_ffmpeg_or_a_webrt
     assert!(m["streaming_path_rtsp_clients_stuck_total{path=\"cam\"}"] >= 1.0, "{m:?}");
     assert!(m["streaming_path_rtsp_frames_dropped_total{path=\"cam\"}"] >= 1.0, "it lost frames first: {m:?}");
     assert_eq!(m["streaming_path_frames_dropped_total{path=\"cam\"}"], 0.0, "the media thread never waited");
-    wait_until(Duration::from_secs(5), || (path_named(&server, "cam")["rtsp_clients"] == 0).then_some(()))
-        .expect("the dropped client no longer counts");
+    wait_until(Duration::from_secs(5), || {
+        (control_support::path_named(&server, "cam")["rtsp_clients"] == 0).then_some(())
+    })
+    .expect("the dropped client no longer counts");
 }
 
 fn basic(user: &str, pass: &str) -> String {
@@ -533,13 +531,17 @@ fn a_udp_session_gets_rtp_and_sender_reports_lives_on_keep_alives_and_times_out_
     }
     assert!(sender_reports >= 1, "no RTCP sender report in 8 s");
     assert!(rtp.recv_from(&mut packet).is_ok(), "RTP still flowing after 8 s");
-    assert_eq!(path_named(&server, "cam")["rtsp_clients"], 1, "still playing after 8 s of keep-alives");
+    assert_eq!(
+        control_support::path_named(&server, "cam")["rtsp_clients"],
+        1,
+        "still playing after 8 s of keep-alives"
+    );
     // Silence: the session ends within the timeout and the RTP stops.
     let ended = server.proc.wait_for_line("(session timeout)", Duration::from_secs(10));
     assert!(ended.is_some(), "no session timeout:\n{}", server.proc.log());
     std::thread::sleep(Duration::from_millis(300));
     while rtp.recv_from(&mut packet).is_ok() {}
-    assert_eq!(path_named(&server, "cam")["rtsp_clients"], 0);
+    assert_eq!(control_support::path_named(&server, "cam")["rtsp_clients"], 0);
     let (status, _, _) = raw.request("GET_PARAMETER", &url, &[("Session", &session)]);
     assert_eq!(status, 454, "the session is gone");
 }
@@ -564,8 +566,10 @@ fn a_tcp_session_gets_sender_reports_on_its_rtcp_channel() {
     assert!(reports >= 1, "no sender report on channel 5");
     let (status, _, _) = raw.request("TEARDOWN", &url, &[("Session", &session)]);
     assert_eq!(status, 200);
-    wait_until(Duration::from_secs(5), || (path_named(&server, "cam")["rtsp_clients"] == 0).then_some(()))
-        .expect("TEARDOWN ends it");
+    wait_until(Duration::from_secs(5), || {
+        (control_support::path_named(&server, "cam")["rtsp_clients"] == 0).then_some(())
+    })
+    .expect("TEARDOWN ends it");
 }
 
 /// Sends `bytes` on a new connection, half-closes, and reads everything the
@@ -653,31 +657,33 @@ fn an_on_demand_path_runs_while_an_rtsp_client_plays_and_sigterm_with_clients_ex
     )
     .unwrap();
     let mut server = start(&["-config", config.to_str().unwrap()]);
-    assert_eq!(path_named(&server, "lazy")["state"], "on_demand_idle");
+    assert_eq!(control_support::path_named(&server, "lazy")["state"], "on_demand_idle");
     // DESCRIBE starts the source and waits for its parameter sets; the
     // session holds it while it plays.
     let file = dir.path().join("lazy.h264");
     let url = rtsp_url(&server, "lazy");
     let client = ffmpeg_pull(&url, "tcp", Codec::H264, "4", &file);
     let playing = wait_until(Duration::from_secs(15), || {
-        let path = path_named(&server, "lazy");
+        let path = control_support::path_named(&server, "lazy");
         (path["rtsp_clients"] == 1 && path["state"] == "ready").then_some(())
     });
-    assert!(playing.is_some(), "{}\n{}", path_named(&server, "lazy"), server.proc.log());
+    assert!(playing.is_some(), "{}\n{}", control_support::path_named(&server, "lazy"), server.proc.log());
     finish(client, "ffmpeg on the on-demand path");
     assert_is_the_clip(Codec::H264, &std::fs::read(&file).unwrap(), &common::demo_clip());
     let idle = wait_until(Duration::from_secs(10), || {
-        (path_named(&server, "lazy")["state"] == "on_demand_idle").then_some(())
+        (control_support::path_named(&server, "lazy")["state"] == "on_demand_idle").then_some(())
     });
-    assert!(idle.is_some(), "the source stops once the client left: {}", path_named(&server, "lazy"));
+    assert!(idle.is_some(), "the source stops once the client left: {}", control_support::path_named(&server, "lazy"));
 
     // Clients playing over TCP and UDP at SIGTERM: a prompt, clean exit.
     let clients: Vec<Child> = ["tcp", "udp"]
         .iter()
         .map(|t| ffmpeg_pull(&url, t, Codec::H264, "30", &dir.path().join(format!("{t}.h264"))))
         .collect();
-    wait_until(Duration::from_secs(15), || (path_named(&server, "lazy")["rtsp_clients"] == 2).then_some(()))
-        .unwrap_or_else(|| panic!("two clients never played:\n{}", server.proc.log()));
+    wait_until(Duration::from_secs(15), || {
+        (control_support::path_named(&server, "lazy")["rtsp_clients"] == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("two clients never played:\n{}", server.proc.log()));
     let started = Instant::now();
     server.proc.signal(libc::SIGTERM);
     let status = server.proc.wait_exit(Duration::from_secs(5));

@@ -36,10 +36,6 @@ const TURN_VIEWER_SIDE: &str = "10.78.0.2";
 const VIEWER: &str = "10.78.0.1";
 const SECRET: &str = "n0t-a-real-secret";
 
-fn crate_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 fn run(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
     if out.status.success() {
@@ -163,7 +159,7 @@ fn start_turn(topology: &Topology, dir: &Path) -> Guard {
 
 /// The TCP forwarder for HTTP: TURN:PORT -> BOARD:PORT.
 fn start_forwarder(topology: &Topology, port: u16) -> Guard {
-    let script = crate_file("tests/tcp_forward.py");
+    let script = common::crate_file("tests/tcp_forward.py");
     let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
     let mut child = topology.spawn(
         &topology.turn,
@@ -270,7 +266,7 @@ fn viewers_with_no_path_to_the_board_watch_through_coturn() {
 
     // Headless Chromium in the viewer namespace: the page fetches the ICE
     // servers from the board and plays over a relay candidate.
-    let browser_dir = crate_file("tests/browser");
+    let browser_dir = common::crate_file("tests/browser");
     if Path::new("/usr/bin/chromium").exists() && browser_dir.join("node_modules/playwright-core").exists() {
         let page = format!("http://{TURN}:{port}/cam/");
         let out = Command::new("ip")

@@ -19,7 +19,12 @@ pub fn bin() -> PathBuf {
 
 /// The bundled demo clip.
 pub fn demo_clip() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo.h264")
+    crate_file("assets/demo.h264")
+}
+
+/// A file of this repository, by its path from the top.
+pub fn crate_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 /// A segment name no other test or process uses.

@@ -373,3 +373,15 @@ fn nal_run_of_clip(
     }
     got.len() as u64
 }
+
+/// The entry of path `name` in the server's `/paths`.
+pub fn path_named(server: &crate::common::Server, name: &str) -> Value {
+    let list = get(&server.url("http", "/paths")).json();
+    list["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no path {name}: {list}"))
+}

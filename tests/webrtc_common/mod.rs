@@ -19,7 +19,7 @@ use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use streaming_server::codec::h264::{nal_type, nal_unit_type, split_annexb};
+use streaming_server::codec::h264::split_annexb;
 use tokio::sync::watch;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -236,12 +236,7 @@ impl Client {
 /// The clip's NAL units in order, as a WebRTC receiver should see them
 /// (access unit delimiters and filler are not sent).
 pub fn clip_nals(clip: &[u8]) -> Vec<Bytes> {
-    let clip = Bytes::copy_from_slice(clip);
-    split_annexb(&clip)
-        .into_iter()
-        .map(|r| clip.slice(r))
-        .filter(|n| !matches!(nal_unit_type(n), nal_type::AUD | nal_type::FILLER))
-        .collect()
+    streaming_server::load_client::clip_nal_units(streaming_server::codec::Codec::H264, clip)
 }
 
 /// Where `received` sits in the looping clip: the index in `clip` such that
