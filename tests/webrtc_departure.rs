@@ -1,7 +1,8 @@
 //! Viewers that come and go, and one client flooding `/offer`, against the
 //! real binary: a viewer that closes its peer connection (DTLS
 //! close_notify) is gone within 500 ms; churn never meets a 503 and leaves
-//! the server's fds, threads and RSS where they were; an address that
+//! the server's fds, threads and RSS where they were; a burst of offers
+//! larger than the negotiation slots waits its turn; an address that
 //! floods offers that never connect gets 429 while a viewer from another
 //! address still connects and plays.
 
@@ -244,4 +245,27 @@ async fn an_address_flooding_offers_gets_429_and_others_still_watch() {
     // -max-clients limit (503) as well.
     assert!(statuses.iter().all(|s| [200, 429, 503].contains(s)), "{statuses:?}");
     assert!(answered <= 4, "the flooder held at most -max-clients - 1 slots: {statuses:?}");
+}
+
+/// A burst of offers larger than the number negotiated at once (a
+/// dashboard opening every camera, viewers arriving together) waits its
+/// turn: every offer is answered, none gets 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_offers_waits_its_turn_instead_of_503() {
+    let (_camera, server) = start("burst", "20");
+    let addr = server.addrs["http"];
+    let bait = Client::new(CHROME_H264).await;
+    let burst: Vec<_> = (2..18u8)
+        .map(|host| {
+            let sdp = bait.offer.clone();
+            tokio::spawn(async move { offer_from(IpAddr::from([127, 0, 0, host]), addr, &sdp).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for offer in burst {
+        statuses.push(offer.await.unwrap().0);
+    }
+    bait.close().await;
+    eprintln!("burst of {} offers: {statuses:?}", statuses.len());
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
 }

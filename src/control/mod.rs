@@ -22,13 +22,15 @@
 //! missing token 401, all decided from the head before any body byte is
 //! read; bodies over [`BODY_LIMIT`] 413, malformed JSON or SDP 400. A
 //! client cannot tie up the server (see [`crate::http`]), and at most
-//! [`MAX_OFFERS_IN_FLIGHT`] negotiations run at once.
+//! [`MAX_OFFERS_IN_FLIGHT`] negotiations run at once (a burst beyond that
+//! waits its turn, see [`OfferQueue`]).
 
 mod recordings;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -54,8 +56,13 @@ pub const HLS_JS_ROUTE: &str = "/assets/hls.light.min.js";
 /// hls.js's licence (Apache-2.0), served beside it.
 pub static HLS_JS_LICENSE: &str = include_str!("../../assets/hls.js/LICENSE");
 
-/// Offers negotiated at once; more get 503 with `Retry-After`.
+/// Offers negotiated at once; more wait in the [`OfferQueue`].
 pub const MAX_OFFERS_IN_FLIGHT: usize = 4;
+/// Offers that may wait for a negotiation slot; more get 503 with
+/// `Retry-After` at once.
+pub const MAX_OFFERS_WAITING: usize = 64;
+/// How long an offer waits for a negotiation slot before its 503.
+pub const OFFER_QUEUE_WAIT: Duration = Duration::from_secs(3);
 /// Largest request body (an SDP offer is a few KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
 /// Connections the control plane keeps open at once; at the cap the
@@ -300,7 +307,7 @@ pub struct Control {
     paths: Arc<Paths>,
     health: Arc<Health>,
     config: Arc<ControlConfig>,
-    offers_in_flight: Arc<AtomicUsize>,
+    offers: OfferQueue,
     recordings: Arc<RecordingRoutes>,
 }
 
@@ -327,10 +334,40 @@ impl Drop for Slot {
     }
 }
 
+/// Negotiation slots for offers. A burst of viewers (the dashboard
+/// opening every camera, a room of phones) waits for a slot rather than
+/// meeting 503s; the wait and the number waiting are bounded so that a
+/// flood still gets its 503 promptly.
+#[derive(Clone)]
+struct OfferQueue {
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl OfferQueue {
+    fn new() -> OfferQueue {
+        OfferQueue { slots: Arc::new(tokio::sync::Semaphore::new(MAX_OFFERS_IN_FLIGHT)), waiting: Default::default() }
+    }
+
+    /// A negotiation slot, or 503 when too many wait or none came free
+    /// within [`OFFER_QUEUE_WAIT`].
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Reply> {
+        const BUSY: &str = "too many offers being negotiated";
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _waiting = Slot::take(&self.waiting, MAX_OFFERS_WAITING, BUSY, "1")?;
+        match tokio::time::timeout(OFFER_QUEUE_WAIT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Reply::error(503, BUSY).header("Retry-After", "1")),
+        }
+    }
+}
+
 impl Control {
     pub fn new(paths: Arc<Paths>, health: Arc<Health>, config: ControlConfig) -> Control {
         let recordings = Arc::new(RecordingRoutes::new(crate::recordings::Recordings::new(paths.clone())));
-        Control { paths, health, config: Arc::new(config), offers_in_flight: Default::default(), recordings }
+        Control { paths, health, config: Arc::new(config), offers: OfferQueue::new(), recordings }
     }
 
     /// The path a route acts on; `None` for an unknown name.
@@ -511,11 +548,6 @@ impl Control {
             .header("Access-Control-Max-Age", "600")
     }
 
-    /// Takes an offer slot, or answers 503.
-    fn offer_slot(&self) -> Result<Slot, Reply> {
-        Slot::take(&self.offers_in_flight, MAX_OFFERS_IN_FLIGHT, "too many offers being negotiated", "1")
-    }
-
     async fn offer(&self, path: &Arc<Path>, request: &Request) -> Reply {
         let offer: OfferBody = match serde_json::from_slice(&request.body) {
             Ok(offer) => offer,
@@ -527,7 +559,7 @@ impl Control {
         if offer.sdp.trim().is_empty() {
             return Reply::error(400, "empty SDP");
         }
-        let _slot = match self.offer_slot() {
+        let _slot = match self.offers.slot().await {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
@@ -593,7 +625,7 @@ impl Control {
         if sdp.trim().is_empty() {
             return Reply::error(400, "empty SDP");
         }
-        let _slot = match self.offer_slot() {
+        let _slot = match self.offers.slot().await {
             Ok(slot) => slot,
             Err(reply) => return reply,
         };
