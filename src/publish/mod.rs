@@ -360,29 +360,6 @@ impl Context {
     }
 }
 
-/// Keyframe requests restart a target from the cached keyframe at most once
-/// per [`crate::webrtc::KEYFRAME_RESTART_INTERVAL`], and not while the
-/// camera is stalled (the cache would replay the last second).
-pub(crate) struct KeyframeGate {
-    last: Option<Instant>,
-}
-
-impl KeyframeGate {
-    pub(crate) fn new() -> KeyframeGate {
-        KeyframeGate { last: None }
-    }
-
-    /// True if a keyframe request should restart the target now.
-    pub(crate) fn allow(&mut self, stream: &Stream) -> bool {
-        let live = stream.source.last_frame_age().is_some_and(|age| age < crate::webrtc::STALE_CAMERA);
-        let due = self.last.is_none_or(|last| last.elapsed() >= crate::webrtc::KEYFRAME_RESTART_INTERVAL);
-        if live && due {
-            self.last = Some(Instant::now());
-        }
-        live && due
-    }
-}
-
 /// A path's publish targets and their tasks.
 pub struct Publishers {
     stream: Stream,
@@ -588,16 +565,5 @@ mod tests {
         let summary = publishers.summary();
         assert_eq!(summary[0]["state"], "waiting");
         assert_eq!(summary[1]["kind"], "rtp");
-    }
-
-    #[test]
-    fn the_keyframe_gate_waits_for_a_live_camera_and_a_second() {
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let stream = Stream::new("cam", &metrics);
-        let mut gate = KeyframeGate::new();
-        assert!(!gate.allow(&stream), "no frame yet: the cache is not live");
-        stream.source.frame_arrived(1, 640, 360, 0);
-        assert!(gate.allow(&stream));
-        assert!(!gate.allow(&stream), "at most once a second");
     }
 }

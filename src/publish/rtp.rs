@@ -45,8 +45,9 @@ use rtc::srtp::context::Context as SrtpContext;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use tokio::net::UdpSocket;
 
-use super::{Context, KeyframeGate};
+use super::Context;
 use crate::rtp::Stamp;
+use crate::webrtc::KeyframeGate;
 
 /// Sender reports are sent this often (RFC 3550 allows more than its 5 s
 /// minimum for a single sender; an SFU learns the feedback address sooner).

@@ -46,10 +46,11 @@ use webrtc::peer_connection::transport::DtlsTransport;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
-use super::{Context, KeyframeGate};
+use super::Context;
 use crate::codec::{Codec, VideoInfo};
 use crate::rtp::Stamp;
 use crate::webrtc::peer::{self, Feedback, Handler};
+use crate::webrtc::KeyframeGate;
 
 /// Each WHIP request (connect and whole exchange) at most this long.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -28,7 +28,8 @@
 //!    ([`crate::rtp::PacketCache`]); a viewer only stamps SSRC, payload type,
 //!    sequence number and timestamp on the shared payloads;
 //! 5. PLI/FIR (delivered by a small interceptor) restart the viewer from the
-//!    cached IDR, at most once per [`KEYFRAME_RESTART_INTERVAL`]; NACKs are
+//!    cached IDR, at most once per [`KEYFRAME_RESTART_INTERVAL`] (the
+//!    [`KeyframeGate`], which publish targets use too); NACKs are
 //!    answered by the crate's NACK responder.
 //!
 //! Instant start, the trade-off: the GOP cache gives the decoder an IDR at
@@ -80,7 +81,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::hub::QueueBudget;
 use crate::shutdown::Shutdown;
@@ -134,6 +135,37 @@ pub const STALE_CAMERA: Duration = Duration::from_secs(2);
 /// at once. Access units are shared, so lagging viewers together pin at
 /// most this much more than the GOP cache.
 pub const VIEWER_QUEUE: QueueBudget = QueueBudget { bytes: 4 << 20, frames: 300 };
+
+/// Keyframe requests (PLI/FIR from a viewer or a publish target's
+/// receiver) restart the sending from the cached keyframe at most once per
+/// [`KEYFRAME_RESTART_INTERVAL`], and not while the camera is stalled: the
+/// cached GOP is then old, and replaying it would loop the last second;
+/// the camera's next keyframe will do.
+pub(crate) struct KeyframeGate {
+    last: Option<Instant>,
+}
+
+impl KeyframeGate {
+    /// A gate that lets the first request through.
+    pub(crate) fn new() -> KeyframeGate {
+        KeyframeGate { last: None }
+    }
+
+    /// A gate for sending that has just started from the cached keyframe.
+    pub(crate) fn started_now() -> KeyframeGate {
+        KeyframeGate { last: Some(Instant::now()) }
+    }
+
+    /// True if a keyframe request should restart the sending now.
+    pub(crate) fn allow(&mut self, stream: &Stream) -> bool {
+        let live = stream.source.last_frame_age().is_some_and(|age| age < STALE_CAMERA);
+        let due = self.last.is_none_or(|last| last.elapsed() >= KEYFRAME_RESTART_INTERVAL);
+        if live && due {
+            self.last = Some(Instant::now());
+        }
+        live && due
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct WebrtcConfig {
@@ -487,6 +519,17 @@ pub fn pending_limit(max_clients: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_keyframe_gate_waits_for_a_live_camera_and_a_second() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let stream = Stream::new("cam", &metrics);
+        let mut gate = KeyframeGate::new();
+        assert!(!gate.allow(&stream), "no frame yet: the cache is not live");
+        stream.source.frame_arrived(1, 640, 360, 0);
+        assert!(gate.allow(&stream));
+        assert!(!gate.allow(&stream), "at most once a second");
+    }
 
     #[test]
     fn flags_parse() {

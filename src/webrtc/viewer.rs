@@ -18,7 +18,7 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSession
 
 use super::negotiate::{self, Choice};
 use super::peer::{self, Feedback, Handler};
-use super::{Inner, OfferError, SlotGuard};
+use super::{Inner, KeyframeGate, OfferError, SlotGuard};
 use crate::codec::AccessUnit;
 use crate::hub::{StartAt, SubscribeOptions, Subscription};
 use crate::rtp::Stamp;
@@ -193,7 +193,7 @@ async fn serve(
     stamp.abs_capture_id = negotiated.abs_capture_id;
     let mut close_poll = tokio::time::interval(super::CLOSE_POLL);
     close_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_restart = Instant::now();
+    let mut keyframe_gate = KeyframeGate::started_now();
     let mut last_usage = Instant::now();
 
     let mut first_frame_logged = false;
@@ -224,12 +224,8 @@ async fn serve(
                 }
             }
             Some(()) = feedback.keyframe_requests.recv() => {
-                // A browser asks for keyframes when frames stop coming; with
-                // the camera stalled the cached GOP is old, and replaying it
-                // would loop the last second. The camera's next IDR will do.
-                let live = inner.stream.source.last_frame_age().is_some_and(|age| age < super::STALE_CAMERA);
-                if live && last_restart.elapsed() >= super::KEYFRAME_RESTART_INTERVAL {
-                    last_restart = Instant::now();
+                // A browser asks for keyframes when frames stop coming.
+                if keyframe_gate.allow(&inner.stream) {
                     drop(subscription);
                     subscription = subscribe(inner, short);
                     stamp.catchup = subscription.backlog;
