@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use streaming_server::codec::{AccessUnit, Processor, RawFrame};
+use streaming_server::codec::AccessUnit;
 use streaming_server::fake_camera::Clip;
 use streaming_server::hls::muxer::{Muxer, Output};
 use streaming_server::hls::playlist;
@@ -36,24 +36,7 @@ fn main() {
 fn access_units(path: &std::path::Path, loops: usize) -> (Clip, Vec<Arc<AccessUnit>>) {
     let codec = streaming_server::fake_camera::codec_of_file(path);
     let clip = Clip::parse(&std::fs::read(path).expect("read the clip"), codec).expect("parse the clip");
-    let mut processor = Processor::new(codec);
-    let count = clip.units.len() * loops;
-    let units = (0..count)
-        .filter_map(|i| {
-            let frame = RawFrame {
-                codec,
-                data: Bytes::from(clip.units[i % clip.units.len()].clone()),
-                frame_number: i as u64,
-                index: i as u32,
-                capture_time: Duration::from_nanos(33_333_333 * i as u64),
-                read_time: Duration::ZERO,
-                camera_id: 0,
-                width: clip.width,
-                height: clip.height,
-            };
-            processor.process(frame).ok().map(Arc::new)
-        })
-        .collect();
+    let units = clip.access_units(clip.units.len() * loops, Duration::from_nanos(33_333_333));
     (clip, units)
 }
 

@@ -10,13 +10,10 @@
 #[path = "support/clip.rs"]
 mod clip;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rtc::shared::marshal::Marshal;
 use streaming_server::codec::h264::split_annexb;
-use streaming_server::codec::{AccessUnit, Processor, RawFrame};
 use streaming_server::fake_camera::Clip;
 use streaming_server::rtp::{packetize, rtp_packet, PacketCache, MAX_PAYLOAD};
 
@@ -32,26 +29,7 @@ fn main() {
 fn bench_clip(path: &std::path::Path, benching: bool) {
     let codec = streaming_server::fake_camera::codec_of_file(path);
     let clip = Clip::parse(&std::fs::read(path).expect("read the clip"), codec).expect("parse the clip");
-    let mut processor = Processor::new(codec);
-    let units: Vec<Arc<AccessUnit>> = clip
-        .units
-        .iter()
-        .enumerate()
-        .filter_map(|(i, unit)| {
-            let frame = RawFrame {
-                codec,
-                data: Bytes::from(unit.clone()),
-                frame_number: i as u64,
-                index: i as u32,
-                capture_time: Duration::from_millis(33 * i as u64),
-                read_time: Duration::ZERO,
-                camera_id: 0,
-                width: clip.width,
-                height: clip.height,
-            };
-            processor.process(frame).ok().map(Arc::new)
-        })
-        .collect();
+    let units = clip.access_units(clip.units.len(), Duration::from_millis(33));
     let bytes: usize = units.iter().map(|u| u.data.len()).sum();
     println!(
         "\n{codec} clip {} ({}x{}): {} access units, {:.0} KiB per frame on average",

@@ -8,12 +8,15 @@
 //! slow copies, missing semaphore posts, malformed frames, `write_index`
 //! near 2^32.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::abi::{Layout, FORMAT_H264, FORMAT_H265, MAX_FRAME_SIZE};
 use crate::clock::monotonic_now;
 use crate::codec::annexb::split_annexb;
-use crate::codec::{h264, h265, Codec};
+use crate::codec::{h264, h265, AccessUnit, Codec, Processor, RawFrame};
 use crate::shutdown::Shutdown;
 use crate::source::ring::{AttachError, Segment, WriteFrame};
 
@@ -133,6 +136,30 @@ impl Clip {
             }
         };
         Ok(Clip { codec, units, width: width as i32, height: height as i32, format })
+    }
+
+    /// Clip frames `0..count` (looping) through the codec processor, as the
+    /// hub hands them to outputs, capture times `interval` apart (for
+    /// benchmarks and tests of the outputs); frames the processor refuses
+    /// are left out.
+    pub fn access_units(&self, count: usize, interval: Duration) -> Vec<Arc<AccessUnit>> {
+        let mut processor = Processor::new(self.codec);
+        (0..count)
+            .filter_map(|i| {
+                let frame = RawFrame {
+                    codec: self.codec,
+                    data: Bytes::copy_from_slice(&self.units[i % self.units.len()]),
+                    frame_number: i as u64,
+                    index: i as u32,
+                    capture_time: interval * i as u32,
+                    read_time: Duration::ZERO,
+                    camera_id: 0,
+                    width: self.width,
+                    height: self.height,
+                };
+                processor.process(frame).ok().map(Arc::new)
+            })
+            .collect()
     }
 }
 

@@ -140,29 +140,10 @@ impl Muxer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Processor, RawFrame};
 
     /// The demo clip through the processor, as the hub would deliver it.
     fn demo_units(codec: crate::codec::Codec, count: usize) -> Vec<Arc<AccessUnit>> {
-        let clip = crate::fake_camera::demo_clip(codec).unwrap();
-        let mut processor = Processor::new(codec);
-        (0..count)
-            .filter_map(|i| {
-                let unit = &clip.units[i % clip.units.len()];
-                let frame = RawFrame {
-                    codec,
-                    data: Bytes::from(unit.clone()),
-                    frame_number: i as u64,
-                    index: i as u32,
-                    capture_time: Duration::from_micros(33_333 * i as u64),
-                    read_time: Duration::ZERO,
-                    camera_id: 0,
-                    width: clip.width,
-                    height: clip.height,
-                };
-                processor.process(frame).ok().map(Arc::new)
-            })
-            .collect()
+        crate::fake_camera::demo_clip(codec).unwrap().access_units(count, Duration::from_micros(33_333))
     }
 
     #[test]
